@@ -1,0 +1,62 @@
+"""lticl — linear transformers as versatile in-context learners.
+
+A reference implementation of Vladymyrov, von Oswald, Sandler & Ge (NeurIPS 2024).
+Notation follows SPEC.md: tokens e_i = (x_i, y_i), layers e ← e + Σ_k P_k G Q_k e,
+prediction ŷ = −y_query; G = [[Σ, α], [αᵀ, λ]].
+"""
+
+from . import baselines, metrics, paper
+from .io import load_npz, save_npz
+from .metrics import Evaluation, adjusted_loss, evaluate, per_layer_profile, per_variance_profile, sequence_loss
+from .model import (
+    FORMS,
+    VARIANTS,
+    ImplicitState,
+    Params,
+    full_matrices,
+    implicit_state,
+    init_params,
+    omegas,
+    predict,
+    weights,
+)
+from .noise import Categorical, Custom, Fixed, NoiseDistribution, Uniform, as_noise, parse_noise
+from .tasks import Tasks, sample_tasks, task_chunks
+from .theory import best_one_layer_loss
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FORMS",
+    "VARIANTS",
+    "Categorical",
+    "Custom",
+    "Evaluation",
+    "Fixed",
+    "ImplicitState",
+    "NoiseDistribution",
+    "Params",
+    "Tasks",
+    "Uniform",
+    "adjusted_loss",
+    "as_noise",
+    "baselines",
+    "best_one_layer_loss",
+    "evaluate",
+    "full_matrices",
+    "implicit_state",
+    "init_params",
+    "load_npz",
+    "metrics",
+    "omegas",
+    "paper",
+    "parse_noise",
+    "per_layer_profile",
+    "per_variance_profile",
+    "predict",
+    "sample_tasks",
+    "save_npz",
+    "sequence_loss",
+    "task_chunks",
+    "weights",
+]

@@ -1,0 +1,194 @@
+"""The `lticl` command: a thin layer over the library."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+app = typer.Typer(
+    help="Linear transformers as versatile in-context learners (Vladymyrov et al., NeurIPS 2024).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True)
+
+
+@app.callback()
+def _root() -> None:
+    """Linear transformers as versatile in-context learners (Vladymyrov et al., NeurIPS 2024)."""
+
+
+class Format(str, Enum):
+    table = "table"
+    json = "json"
+
+
+def _fail(message: str) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(2)
+
+
+def _noise_specs(values: list[str] | None) -> list[str]:
+    from .noise import parse_noise
+    from .paper import paper_settings
+
+    try:
+        return [parse_noise(v).spec for v in values] if values else list(paper_settings())
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--noise") from None
+
+
+def run_baselines(
+    settings: list[str], methods: list[str], sequences: int, tune_sequences: int, seed: int, n: int, d: int, progress
+) -> dict:
+    """{setting: {"evaluation": {method: Evaluation}, "tuned": {method: {...}}}}."""
+    from . import baselines
+    from .metrics import evaluate
+    from .tasks import data_key, stack_chunks, task_chunks
+
+    results = {}
+    task = progress.add_task("baselines", total=len(settings))
+    for spec in settings:
+        progress.update(task, description=f"{spec:<18}")
+        tuning = stack_chunks(task_chunks(data_key(seed, spec, "tune"), spec, tune_sequences, n, d))
+        fitted = baselines.fit(methods, tuning)
+        evaluation = evaluate(
+            fitted, data_key(seed, spec, "evaluation"), spec, sequences, n, d
+        )
+        results[spec] = {"evaluation": evaluation, "tuned": {m: f.tuned for m, f in fitted.items()}}
+        progress.advance(task)
+    return results
+
+
+def _rows(results: dict, methods: list[str], paper: bool) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the results table, shared by the terminal and Markdown views."""
+    from .paper import paper_value
+
+    header = ["setting", "oracle loss"]
+    for m in methods:
+        header += [m.upper()] + (["paper"] if paper else [])
+    rows = []
+    for spec, r in results.items():
+        ev = r["evaluation"]
+        row = [spec, f"{ev['oracle_loss'].mean:.4f}"]
+        for m in methods:
+            row.append(f"{ev[m].mean:.4f} ± {ev[m].sem:.4f}")
+            if paper:
+                p = paper_value(m, spec)
+                row.append("–" if p is None else f"{p:.3f}")
+        rows.append(row)
+    return header, rows
+
+
+_TITLE = "Adjusted evaluation loss (mean ± s.e.) of each baseline; the oracle column is its unadjusted loss"
+
+
+def _table(results: dict, methods: list[str], paper: bool) -> Table:
+    header, rows = _rows(results, methods, paper)
+    table = Table(title=_TITLE, box=box.SIMPLE_HEAD, pad_edge=False)
+    for i, h in enumerate(header):
+        table.add_column(h, justify="left" if i == 0 else "right", style="dim" if h == "paper" else None, no_wrap=i == 0)
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def _markdown(results: dict, methods: list[str], paper: bool) -> str:
+    header, rows = _rows(results, methods, paper)
+    lines = [f"{_TITLE}.", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]) + "\n"
+
+
+@app.command()
+def baselines(
+    sequences: Annotated[int, typer.Option(min=1, help="Evaluation sequences per setting.")] = 100_000,
+    tune_sequences: Annotated[
+        int, typer.Option(min=1, help="Tuning sequences per setting (drawn apart from evaluation).")
+    ] = 20_000,  # 100k moved no cell by more than 1.1e-4, a tenth of the evaluation's s.e. (BENCHMARKS.md)
+    seed: Annotated[int, typer.Option(help="Seed of every data stream.")] = 0,
+    noise: Annotated[
+        Optional[list[str]], typer.Option(help="Noise setting(s), e.g. uniform:5; default: the paper's ten.")
+    ] = None,
+    method: Annotated[
+        Optional[list[str]],
+        typer.Option(help="Baseline(s): constrr, adarr, tunedrr, ols, adarr_iterative; default: the first three."),
+    ] = None,
+    n: Annotated[int, typer.Option(min=1, help="Context points per sequence.")] = 20,
+    d: Annotated[int, typer.Option(min=1, help="Input dimension.")] = 10,
+    format: Annotated[Format, typer.Option("--format", help="table for people, json for machines.")] = Format.table,
+    out: Annotated[Optional[Path], typer.Option(help="Also write baselines.json and baselines.md here.")] = None,
+) -> None:
+    """Tune and evaluate the ridge baselines on the paper's noise settings, next to Table 1."""
+    from . import baselines as bl
+    from .paper import PAPER_D, PAPER_N
+    from .provenance import environment
+
+    settings = _noise_specs(noise)
+    methods = method or ["constrr", "adarr", "tunedrr"]
+    unknown = sorted(set(methods) - set(bl.BASELINES))
+    if unknown:
+        raise typer.BadParameter(f"unknown baseline(s) {', '.join(unknown)}; choose from {', '.join(bl.BASELINES)}", param_hint="--method")
+    started = time.perf_counter()
+    try:
+        with Progress(console=err, transient=True, disable=format is Format.json) as progress:
+            results = run_baselines(settings, methods, sequences, tune_sequences, seed, n, d, progress)
+    except ValueError as e:
+        _fail(str(e))
+    seconds = time.perf_counter() - started
+    summary = {
+        m: {spec: r["evaluation"][m].mean for spec, r in results.items()} for m in [*methods, "oracle_loss"]
+    }
+    paper = (n, d) == (PAPER_N, PAPER_D)
+    if format is Format.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        console = Console()
+        console.print(_table(results, methods, paper))
+        console.print(f"{sequences} evaluation and {tune_sequences} tuning sequences per setting, seed {seed}, "
+                      f"n = {n}, d = {d}; {seconds:.1f} s")
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        record = {
+            "config": {"sequences": sequences, "tune_sequences": tune_sequences, "seed": seed, "n": n, "d": d,
+                       "settings": settings, "methods": methods},
+            "environment": environment(),
+            "seconds": seconds,
+            "adjusted_loss": summary,
+            "details": {spec: {"evaluation": {m: e.to_dict() for m, e in r["evaluation"].items()},
+                               "tuned": r["tuned"]} for spec, r in results.items()},
+        }
+        (out / "baselines.json").write_text(json.dumps(record, indent=2))
+        (out / "baselines.md").write_text(_markdown(results, methods, paper))
+        err.print(f"wrote {out / 'baselines.json'} and {out / 'baselines.md'}")
+
+
+def main() -> None:
+    """Entry point: usage errors print as one line, not a framed panel."""
+    try:
+        code = app(standalone_mode=False)
+    except typer.Abort:
+        sys.exit(130)
+    except typer.TyperException as e:  # click's usage errors, which typer re-exports
+        ctx = getattr(e, "ctx", None)
+        if ctx is not None and not e.format_message():  # `lticl` alone: show the help
+            print(ctx.get_help())
+            sys.exit(0)
+        where = getattr(getattr(e, "ctx", None), "command_path", "lticl")
+        print(f"error: {e.format_message()} (see '{where} --help')", file=sys.stderr)
+        sys.exit(getattr(e, "exit_code", 2))
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

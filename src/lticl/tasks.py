@@ -1,0 +1,130 @@
+"""In-context linear regression sequences (SPEC §1).
+
+    w ~ N(0, I_d),  x_i ~ N(0, I_d),  y_i = <w, x_i> + ξ_i,  ξ_i ~ N(0, σ_τ²),
+    x_query ~ N(0, I_d),  y_query = <w, x_query>   (noise-free target)
+
+Each random quantity has its own key stream (fold_in by name), so changing how
+the noise is drawn never changes w or x.
+"""
+
+from __future__ import annotations
+
+import operator
+import zlib
+from functools import partial
+from typing import Iterator, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import Array
+
+from .noise import NoiseDistribution, as_noise
+
+# Long evaluations are drawn in chunks of this many sequences, chunk c from
+# fold_in(key, c), so the first N sequences of a stream are the same whatever
+# the total: 100k evaluation sequences are a prefix of 1M.
+CHUNK = 8192
+
+_STREAM = {"w": 0, "x": 1, "sigma": 2, "xi": 3, "query": 4}
+
+
+class Tasks(NamedTuple):
+    """A batch of B sequences with n context points in d dimensions."""
+
+    x: Array  # (B, n, d) context inputs
+    y: Array  # (B, n) noisy context targets
+    w: Array  # (B, d) ground-truth regressor
+    sigma: Array  # (B,) noise standard deviation of each sequence
+    x_query: Array  # (B, d)
+    y_query: Array  # (B,) noise-free query target
+
+    @property
+    def batch(self) -> int:
+        return self.x.shape[0]
+
+    @property
+    def n(self) -> int:
+        return self.x.shape[1]
+
+    @property
+    def d(self) -> int:
+        return self.x.shape[2]
+
+
+def positive_int(value, name: str) -> int:
+    """`value` as an int ≥ 1, or a ValueError naming `name`."""
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be an integer, got {value!r}") from None
+    if v < 1:
+        raise ValueError(f"{name} must be >= 1, got {v}")
+    return v
+
+
+def _stream(key: Array, name: str) -> Array:
+    return jax.random.fold_in(key, _STREAM[name])
+
+
+@partial(jax.jit, static_argnums=(2, 3))
+def _sample(key, sigma, n, d):
+    # σ comes in drawn, so this compiles once per shape, not once per distribution.
+    batch, dtype = sigma.shape[0], sigma.dtype
+    k = {name: _stream(key, name) for name in _STREAM}
+    w = jax.random.normal(k["w"], (batch, d), dtype)
+    x = jax.random.normal(k["x"], (batch, n, d), dtype)
+    xi = jax.random.normal(k["xi"], (batch, n), dtype) * sigma[:, None]
+    y = jnp.einsum("bnd,bd->bn", x, w) + xi
+    x_query = jax.random.normal(k["query"], (batch, d), dtype)
+    return Tasks(x, y, w, sigma, x_query, jnp.einsum("bd,bd->b", x_query, w))
+
+
+def sample_tasks(
+    key: Array,
+    noise: NoiseDistribution | str | float,
+    batch: int,
+    n: int,
+    d: int,
+    dtype=jnp.float32,
+) -> Tasks:
+    """Draw `batch` sequences; `noise` is a distribution, spec string or fixed σ."""
+    noise = as_noise(noise)
+    batch, n, d = (positive_int(v, name) for v, name in ((batch, "batch"), (n, "n"), (d, "d")))
+    sigma = noise.sample(_stream(key, "sigma"), batch, jnp.dtype(dtype))
+    return _sample(key, sigma, n, d)
+
+
+def task_chunks(
+    key: Array,
+    noise: NoiseDistribution | str | float,
+    sequences: int,
+    n: int,
+    d: int,
+    dtype=jnp.float32,
+) -> Iterator[Tasks]:
+    """`sequences` sequences in chunks of at most CHUNK, prefix-stable in `sequences`."""
+    sequences = positive_int(sequences, "sequences")
+    for c, start in enumerate(range(0, sequences, CHUNK)):
+        chunk = sample_tasks(jax.random.fold_in(key, c), noise, CHUNK, n, d, dtype)
+        size = min(CHUNK, sequences - start)
+        yield chunk if size == CHUNK else jax.tree.map(lambda a: a[:size], chunk)
+
+
+def stack_chunks(chunks: Iterator[Tasks]) -> Tasks:
+    """Concatenate chunks into one Tasks (for sets small enough to hold at once)."""
+    return Tasks(*(jnp.concatenate(parts) for parts in zip(*chunks)))
+
+
+_PURPOSES = ("train", "tune", "validation", "evaluation")
+
+
+def data_key(seed: int, noise: NoiseDistribution | str | float, purpose: str) -> Array:
+    """The key of one data stream: a run's seed, its noise setting and what the data
+    is for. Streams for different purposes never overlap, so tuning or model
+    selection never sees evaluation sequences, and adding a setting to a sweep
+    leaves the other settings' data unchanged."""
+    if purpose not in _PURPOSES:
+        raise ValueError(f"unknown data purpose {purpose!r}; expected one of {', '.join(_PURPOSES)}")
+    spec = as_noise(noise).spec
+    key = jax.random.fold_in(jax.random.key(int(seed)), zlib.crc32(spec.encode()))
+    return jax.random.fold_in(key, _PURPOSES.index(purpose))

@@ -1,0 +1,175 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import D, N, gd_like_params
+
+import lticl
+from lticl.model import full_matrices, layer_mixes, gram
+
+CASES = [(v, L, H) for v in lticl.VARIANTS for L, H in [(1, 1), (2, 3), (4, 2), (7, 1), (7, 3)]]
+TOL = {jnp.float64: 1e-10, jnp.float32: 1e-4}
+
+
+def rel_err(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return np.max(np.abs(a - b)) / np.max(np.abs(b))
+
+
+def setup(variant, layers, heads, dtype, noise="uniform:3", batch=64, n=N, d=D):
+    params = gd_like_params(jax.random.key(layers * 10 + heads), variant, layers, d, heads, n, dtype)
+    tasks = lticl.sample_tasks(jax.random.key(1), noise, batch, n, d, dtype)
+    return params, tasks
+
+
+@pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32])
+@pytest.mark.parametrize("variant,layers,heads", CASES)
+def test_token_gram_implicit_forms_agree(variant, layers, heads, dtype):
+    params, t = setup(variant, layers, heads, dtype)
+    tokens = lticl.predict(params, t.x, t.y, t.x_query, form="tokens")
+    assert tokens.dtype == dtype and tokens.shape == (t.batch,)
+    assert np.max(np.abs(tokens)) < 1e4  # the dynamics are bounded, so the check is meaningful
+    gram_ = lticl.predict(params, t.x, t.y, t.x_query, form="gram")
+    implicit = jnp.einsum("bd,bd->b", lticl.weights(params, t.x, t.y), t.x_query)
+    assert rel_err(gram_, tokens) <= TOL[dtype]
+    assert rel_err(implicit, tokens) <= TOL[dtype]
+
+
+@pytest.mark.parametrize("variant,layers,heads", CASES)
+def test_float32_matches_float64_reference(variant, layers, heads):
+    params, t = setup(variant, layers, heads, jnp.float64)
+    ref = lticl.predict(params, t.x, t.y, t.x_query, form="tokens")
+    p32, t32 = jax.tree.map(lambda a: a.astype(jnp.float32), (params, t))
+    for form in ("tokens", "gram"):
+        assert rel_err(lticl.predict(p32, t32.x, t32.y, t32.x_query, form=form), ref) <= 1e-4
+
+
+@pytest.mark.parametrize("variant,layers,heads", [c for c in CASES if c[0] != "full"])
+def test_diag_closed_form_equals_tokens(variant, layers, heads):
+    params, t = setup(variant, layers, heads, jnp.float64)
+    omega_form = lticl.predict(params, t.x, t.y, t.x_query, form="omega")
+    assert rel_err(omega_form, lticl.predict(params, t.x, t.y, t.x_query, form="tokens")) <= 1e-10
+
+
+def test_diag_layer_literally_as_spec(key):
+    """SPEC §3 written out once more by hand for one layer, one token at a time."""
+    params, t = setup("diag", 1, 2, jnp.float64, batch=3)
+    w_xx, w_xy, w_yx, w_yy = np.asarray(lticl.omegas(params)[0])
+    for b in range(t.batch):
+        x, y = np.asarray(t.x[b]), np.asarray(t.y[b])
+        Sigma, alpha, lam = x.T @ x, x.T @ y, y @ y
+        xq = np.asarray(t.x_query[b])
+        # the query's y is 0, so only the ω_yx term moves it
+        y_q = 0 + w_yx * alpha @ xq + w_yy * lam * 0
+        assert np.isclose(-y_q, float(lticl.predict(params, t.x, t.y, t.x_query)[b]), rtol=1e-12)
+        x_new = x + w_xx * x @ Sigma + w_xy * y[:, None] * alpha
+        y_new = y + w_yx * x @ alpha + w_yy * lam * y
+        K = np.asarray(layer_mixes(params, gram(t.x, t.y))[0, b])
+        T = np.eye(D + 1) + K  # the Gram form's matrix moves each token the same way
+        moved = np.concatenate([x, y[:, None]], 1) @ T.T
+        np.testing.assert_allclose(moved, np.concatenate([x_new, y_new[:, None]], 1), rtol=1e-10, atol=1e-10)
+
+
+def test_implicit_state_reproduces_every_layer(key):
+    """x_i^l = M^l x_i + y_i u^l and y_i^l = a^l y_i − <w^l, x_i> for every layer and
+    token, checked against the token form run for l layers."""
+    params, t = setup("full", 4, 2, jnp.float64, batch=8)
+    M, u, a, w = lticl.implicit_state(params, t.x, t.y)
+    assert M.shape == (5, 8, D, D) and u.shape == (5, 8, D) and a.shape == (5, 8) and w.shape == (5, 8, D)
+    P, Q = full_matrices(params)
+    e = jnp.concatenate([t.x, t.y[..., None]], -1)
+    for l in range(5):
+        x_l = jnp.einsum("bij,bnj->bni", M[l], t.x) + t.y[..., None] * u[l][:, None]
+        y_l = a[l][:, None] * t.y - jnp.einsum("bd,bnd->bn", w[l], t.x)
+        assert rel_err(jnp.concatenate([x_l, y_l[..., None]], -1), e) <= 1e-10
+        if l < 4:
+            G = jnp.einsum("bnd,bne->bde", e, e)
+            e = e + jnp.einsum("hij,bjk,hkm,bnm->bni", P[l], G, Q[l], e)
+        if l >= 1:  # w^l predicts like the model cut after l layers
+            ref = lticl.predict(lticl.Params("full", D, params.p[:l], params.q[:l]), t.x, t.y, t.x_query, "tokens")
+            assert rel_err(jnp.einsum("bd,bd->b", w[l], t.x_query), ref) <= 1e-10
+    np.testing.assert_array_equal(M[0], np.broadcast_to(np.eye(D), M[0].shape))
+    assert float(jnp.abs(w[0]).max()) == 0.0 and float(jnp.abs(a[0] - 1).max()) == 0.0
+
+
+def test_one_head_omega_identity():
+    params = lticl.init_params(jax.random.key(3), "diag", 5, D, heads=1, scale=1.0, dtype=jnp.float64)
+    w_xx, w_xy, w_yx, w_yy = np.asarray(lticl.omegas(params)).T
+    np.testing.assert_allclose(w_xx * w_yy, w_xy * w_yx, rtol=1e-12)
+    two = lticl.init_params(jax.random.key(3), "diag", 5, D, heads=2, scale=1.0, dtype=jnp.float64)
+    w_xx, w_xy, w_yx, w_yy = np.asarray(lticl.omegas(two)).T
+    assert np.min(np.abs(w_xx * w_yy - w_xy * w_yx)) > 1e-6  # two heads lift the constraint
+
+
+def test_gdpp_has_no_omega_xy_or_yy():
+    params = lticl.init_params(jax.random.key(4), "gdpp", 3, D, heads=2, scale=1.0)
+    omega = np.asarray(lticl.omegas(params))
+    assert omega.shape == (3, 4)
+    assert np.all(omega[:, [1, 3]] == 0) and np.all(omega[:, [0, 2]] != 0)
+
+
+def test_jit_and_vmap_over_seeds():
+    keys = jax.random.split(jax.random.key(5), 4)
+    stacked = jax.vmap(lambda k: gd_like_params(k, "diag", 3, D, 1, N))(keys)
+    t = lticl.sample_tasks(jax.random.key(6), "uniform:2", 16, N, D, jnp.float64)
+    batched = jax.vmap(lambda p: lticl.predict(p, t.x, t.y, t.x_query))(stacked)
+    assert batched.shape == (4, 16)
+    for i in range(4):
+        one = jax.tree.map(lambda a: a[i], stacked)
+        assert rel_err(batched[i], lticl.predict(one, t.x, t.y, t.x_query, form="tokens")) <= 1e-10
+    jitted = jax.jit(lticl.implicit_state)(jax.tree.map(lambda a: a[0], stacked), t.x, t.y)
+    assert rel_err(jitted.w, lticl.implicit_state(jax.tree.map(lambda a: a[0], stacked), t.x, t.y).w) <= 1e-12
+
+
+@pytest.mark.parametrize("n,d", [(1, 1), (1, 3), (5, 1), (3, 7)])
+def test_any_sizes(n, d):
+    for variant in lticl.VARIANTS:
+        params = gd_like_params(jax.random.key(7), variant, 2, d, 2, n)
+        t = lticl.sample_tasks(jax.random.key(8), "fixed:0.5", 4, n, d, jnp.float64)
+        a = lticl.predict(params, t.x, t.y, t.x_query, "tokens")
+        assert rel_err(lticl.predict(params, t.x, t.y, t.x_query, "gram"), a) <= 1e-10
+
+
+def test_init_shapes():
+    p = lticl.init_params(jax.random.key(0), "full", 3, 4, heads=2)
+    assert p.p.shape == p.q.shape == (3, 2, 5, 5) and p.layers == 3 and p.heads == 2
+    P, Q = full_matrices(lticl.init_params(jax.random.key(0), "gd++", 2, 4, heads=3))
+    assert P.shape == Q.shape == (2, 3, 5, 5) and float(jnp.abs(Q[..., 4, 4]).max()) == 0.0
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(variant="softmax"), "unknown variant"),
+        (dict(layers=0), "layers must be >= 1"),
+        (dict(heads=0), "heads must be >= 1"),
+        (dict(d=0), "d must be >= 1"),
+        (dict(layers=2.5), "layers must be an integer"),
+    ],
+)
+def test_init_rejects_bad_input(kwargs, match):
+    args = dict(key=jax.random.key(0), variant="diag", layers=2, d=3, heads=1) | kwargs
+    with pytest.raises(ValueError, match=match):
+        lticl.init_params(**args)
+
+
+def test_predict_rejects_bad_input():
+    p = lticl.init_params(jax.random.key(0), "full", 2, 3)
+    t = lticl.sample_tasks(jax.random.key(1), "fixed:1", 4, 5, 3)
+    with pytest.raises(ValueError, match="y must have shape"):
+        lticl.predict(p, t.x, t.y[:, :4], t.x_query)
+    with pytest.raises(ValueError, match="x_query must have shape"):
+        lticl.predict(p, t.x, t.y, t.x_query[:2])
+    with pytest.raises(ValueError, match="built for d = 3"):
+        u = lticl.sample_tasks(jax.random.key(1), "fixed:1", 4, 5, 4)
+        lticl.predict(p, u.x, u.y, u.x_query)
+    with pytest.raises(ValueError, match="x must have shape"):
+        lticl.predict(p, t.x[0], t.y, t.x_query)
+    with pytest.raises(ValueError, match="unknown form"):
+        lticl.predict(p, t.x, t.y, t.x_query, form="fast")
+    with pytest.raises(ValueError, match="diag and gdpp"):
+        lticl.predict(p, t.x, t.y, t.x_query, form="omega")
+    with pytest.raises(ValueError, match="need P and Q of shape"):
+        lticl.predict(lticl.Params("full", 3, p.p, p.q[..., :3]), t.x, t.y, t.x_query)
+    with pytest.raises(ValueError, match="omega values"):
+        lticl.omegas(p)

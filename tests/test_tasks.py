@@ -1,0 +1,69 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import lticl
+from lticl.tasks import CHUNK, data_key, stack_chunks
+
+
+@given(st.integers(1, 5), st.integers(1, 6), st.integers(1, 6))
+@settings(max_examples=20, deadline=None)
+def test_shapes_for_any_sizes(batch, n, d):
+    t = lticl.sample_tasks(jax.random.key(0), "uniform:2", batch, n, d)
+    assert t.x.shape == (batch, n, d) and t.y.shape == (batch, n) and t.w.shape == (batch, d)
+    assert t.sigma.shape == t.y_query.shape == (batch,) and t.x_query.shape == (batch, d)
+    assert (t.batch, t.n, t.d) == (batch, n, d)
+    assert all(a.dtype == jnp.float32 for a in t)
+
+
+def test_generative_model():
+    t = lticl.sample_tasks(jax.random.key(1), "categorical:1,3", 20_000, 8, 3, jnp.float64)
+    # the query target is noise-free
+    np.testing.assert_allclose(t.y_query, jnp.einsum("bd,bd->b", t.x_query, t.w), rtol=1e-12)
+    # the context residuals are N(0, σ_τ²) with σ_τ shared within a sequence
+    xi = np.asarray(t.y - jnp.einsum("bnd,bd->bn", t.x, t.w))
+    for s in (1.0, 3.0):
+        r = xi[np.asarray(t.sigma) == s]
+        assert abs(r.std() / s - 1) < 0.01 and abs(r.mean()) < 0.02 * s
+    assert abs(float(jnp.var(t.x)) - 1) < 0.01 and abs(float(jnp.var(t.w)) - 1) < 0.02
+
+
+def test_streams_are_independent_of_the_noise():
+    """w and x come from their own streams: changing p(σ) only changes the noise."""
+    a = lticl.sample_tasks(jax.random.key(2), "fixed:0", 7, 4, 3)
+    b = lticl.sample_tasks(jax.random.key(2), "uniform:5", 7, 4, 3)
+    np.testing.assert_array_equal(a.w, b.w)
+    np.testing.assert_array_equal(a.x, b.x)
+    np.testing.assert_array_equal(a.x_query, b.x_query)
+    assert not np.array_equal(a.y, b.y)
+
+
+def test_chunks_are_prefix_stable():
+    key = jax.random.key(3)
+    small = stack_chunks(lticl.task_chunks(key, "uniform:1", 100, 4, 2))
+    large = stack_chunks(lticl.task_chunks(key, "uniform:1", CHUNK + 50, 4, 2))
+    assert small.batch == 100 and large.batch == CHUNK + 50
+    for a, b in zip(small, large):
+        np.testing.assert_array_equal(a, b[:100])
+
+
+def test_data_keys_differ_by_purpose_and_setting():
+    keys = [data_key(0, s, p) for s in ("uniform:1", "uniform:2") for p in ("train", "tune", "evaluation")]
+    raw = {tuple(np.asarray(jax.random.key_data(k)).ravel()) for k in keys}
+    assert len(raw) == len(keys)
+    # the same setting written differently is the same stream
+    assert np.array_equal(jax.random.key_data(data_key(0, "uniform:2.0", "tune")),
+                          jax.random.key_data(data_key(0, "uniform:2", "tune")))
+    with pytest.raises(ValueError, match="unknown data purpose"):
+        data_key(0, "uniform:1", "test")
+
+
+@pytest.mark.parametrize("kwargs,match", [(dict(n=0), "n must be >= 1"), (dict(d=-1), "d must be >= 1"),
+                                          (dict(batch=0), "batch must be >= 1"), (dict(noise="uniform:-2"), ">= 0")])
+def test_sampler_rejects_bad_input(kwargs, match):
+    args = dict(key=jax.random.key(0), noise="uniform:1", batch=2, n=3, d=2) | kwargs
+    with pytest.raises(ValueError, match=match):
+        lticl.sample_tasks(**args)
