@@ -85,7 +85,7 @@ def _checked(x, y) -> Spectrum:
 
 
 def ridge(x: Array, y: Array, penalty) -> Array:
-    """(Σ + rI)⁻¹ α; penalty r scalar or (B,), r = 0 is OLS."""
+    """(Σ + rI)⁻¹ α; penalty r ≥ 0, scalar or (B,); r = 0 is OLS."""
     s = _checked(x, y)
     return apply_filter(s, ridge_filter(s.mu, penalty))
 
@@ -100,12 +100,16 @@ def oracle(x: Array, y: Array, sigma: Array) -> Array:
     return ridge(x, y, jnp.asarray(sigma) ** 2)
 
 
-def noise_estimate(x: Array, y: Array) -> Array:
-    """σ̂² = RSS_OLS / (n − d) per sequence: (B,). Needs n > d."""
+def _check_noise_estimable(x, y) -> None:
     check_batch(x, y)
     n, d = x.shape[1:]
     if n <= d:
         raise ValueError(f"estimating the noise (ADARR, TUNEDRR) needs n > d; got n = {n}, d = {d}")
+
+
+def noise_estimate(x: Array, y: Array) -> Array:
+    """σ̂² = RSS_OLS / (n − d) per sequence: (B,). Needs n > d."""
+    _check_noise_estimable(x, y)
     return _noise_estimate(spectrum(x, y), y)
 
 
@@ -166,7 +170,7 @@ def adarr_iterative(x: Array, y: Array, iterations: int = 100) -> Array:
     """ADARR without a matrix inverse: `iterations` GD steps for OLS, the noise
     estimate from its residuals, then `iterations` GD steps on the ridge objective.
     Step sizes come from a row-sum bound on the top eigenvalue of Σ."""
-    noise_estimate(x, y)  # the same input checks as ADARR
+    _check_noise_estimable(x, y)
     return _adarr_iterative(x, y, positive_int(iterations, "iterations"))
 
 
@@ -240,7 +244,7 @@ class TunedRR(NamedTuple):
 
 def tune_tunedrr(tasks: Tasks, s: Spectrum | None = None) -> TunedRR:
     """TUNEDRR's cap t and multiplier c (penalty min(c σ̂², t)) with the lowest mean loss."""
-    noise_estimate(tasks.x[:1], tasks.y[:1])  # input checks (n > d) without the work
+    _check_noise_estimable(tasks.x, tasks.y)
     s = spectrum(tasks.x, tasks.y) if s is None else s
     sigma2_hat = _noise_estimate(s, tasks.y)
     # cap up to 1e6 is no cap at all for σ ≤ 10; multiplier 0 is ridge-free OLS.
