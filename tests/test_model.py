@@ -2,6 +2,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from conftest import D, N, gd_like_params
 
 import lticl
@@ -173,3 +175,24 @@ def test_predict_rejects_bad_input():
         lticl.predict(lticl.Params("full", 3, p.p, p.q[..., :3]), t.x, t.y, t.x_query)
     with pytest.raises(ValueError, match="omega values"):
         lticl.omegas(p)
+
+
+@given(
+    variant=st.sampled_from(lticl.VARIANTS),
+    layers=st.integers(1, 3),
+    heads=st.integers(1, 3),
+    batch=st.integers(1, 3),
+    n=st.integers(1, 6),
+    d=st.integers(1, 4),
+)
+@settings(max_examples=15, deadline=None)
+def test_output_shapes_for_any_sizes(variant, layers, heads, batch, n, d):
+    params = lticl.init_params(jax.random.key(0), variant, layers, d, heads)
+    t = lticl.sample_tasks(jax.random.key(1), "uniform:1", batch, n, d)
+    for form in ("tokens", "gram") + (("omega",) if variant != "full" else ()):
+        y_hat = lticl.predict(params, t.x, t.y, t.x_query, form=form)
+        assert y_hat.shape == (batch,) and y_hat.dtype == jnp.float32
+    M, u, a, w = lticl.implicit_state(params, t.x, t.y)
+    assert M.shape == (layers + 1, batch, d, d) and u.shape == w.shape == (layers + 1, batch, d)
+    assert a.shape == (layers + 1, batch)
+    assert lticl.full_matrices(params)[0].shape == (layers, heads, d + 1, d + 1)
