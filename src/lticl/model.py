@@ -119,6 +119,31 @@ def init_params(
     )
 
 
+def gd_init(
+    key: Array,
+    variant: str,
+    layers: int,
+    d: int,
+    heads: int = 1,
+    step_size: float = 0.03,
+    scale: float = 0.0,
+    dtype=jnp.float32,
+) -> Params:
+    """Every layer one GD step of size `step_size` (ω_yx = −step_size, split over the
+    heads), every free entry perturbed by `scale` N(0, 1) — by `scale`·step_size on
+    Q, whose entries act at the step's scale. Stacked, the unperturbed layers run
+    L steps of GD on the context, a stable start for any depth while
+    step_size < 2/λ_max(Σ)."""
+    base = init_params(key, variant, layers, d, heads, scale=1.0, dtype=dtype)
+    if base.variant == "full":
+        P0 = jnp.zeros((d + 1, d + 1), dtype).at[d, d].set(1.0)
+        Q0 = jnp.zeros((d + 1, d + 1), dtype).at[:d, :d].set(-step_size * jnp.eye(d, dtype=dtype))
+    else:
+        P0 = jnp.array([0.0, 1.0], dtype)
+        Q0 = jnp.array([-step_size, 0.0], dtype)[: base.q.shape[-1]]
+    return Params(base.variant, d, P0 / heads + scale * base.p, Q0 + scale * step_size * base.q)
+
+
 def _diag_matrix(sx: Array, sy: Array, d: int) -> Array:
     """diag(sx I_d, sy) for arrays of scalars: shape sx.shape + (D, D)."""
     ex = jnp.diag(jnp.arange(d + 1) < d).astype(sx.dtype)

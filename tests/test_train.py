@@ -1,0 +1,88 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import lticl
+from lticl import baselines as bl
+from lticl.metrics import Evaluation
+from lticl.tasks import data_key, stack_chunks, task_chunks
+from lticl.train import TrainConfig, init_state, run_steps, select_best, train
+
+TINY = dict(d=3, n=8, batch=64, steps=6, chunk=3, validation_sequences=500, evaluation_sequences=500)
+
+
+def leaves_close(a, b, rtol=1e-5):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_allclose(np.asarray(x, np.float64), np.asarray(y, np.float64), rtol=rtol, atol=1e-7)
+
+
+def test_chunking_does_not_change_training():
+    """The data stream is indexed by step, so 2 calls of 3 steps = 1 call of 6."""
+    config = TrainConfig("full", 2, "uniform:1", seeds=2, **TINY)
+    state = init_state(config)
+    a, losses_a = run_steps(config, *run_steps(config, state, 3)[:1], 3)
+    b, losses_b = run_steps(config, state, 6)
+    leaves_close(a.params, b.params)
+    np.testing.assert_allclose(losses_a, losses_b[:, 3:], rtol=1e-5)
+    assert int(a.step[0]) == 6 and losses_b.shape == (2, 6)
+
+
+def test_seeds_in_parallel_equal_seeds_alone():
+    config = TrainConfig("diag", 2, "uniform:1", seeds=3, **TINY)
+    together, _ = run_steps(config, init_state(config), 6)
+    alone = jax.tree.map(lambda a: a[1:2], init_state(config))  # seed 1 only
+    single, _ = run_steps(config, alone, 6)
+    leaves_close(jax.tree.map(lambda a: a[1:2], together.params), single.params)
+    # different seeds start differently and end differently
+    assert not np.allclose(together.params.p[0], together.params.p[2])
+
+
+def test_huge_learning_rate_recovers_and_ends_finite():
+    config = TrainConfig("full", 3, "uniform:3", lr=1e3, warmup=0, steps=30, chunk=10, seeds=2,
+                         **{k: v for k, v in TINY.items() if k not in ("steps", "chunk")})
+    result = train(config)
+    assert (result.recoveries > 0).all()
+    assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(result.all_params))
+    assert result.evaluation.nonfinite == 0 and np.isfinite(result.evaluation.mean)
+
+
+def test_training_beats_the_best_one_layer_model():
+    """A 3-layer DIAG model trained briefly beats one GD step with the best step size
+    (the best any 1-layer model can do) on fresh sequences."""
+    config = TrainConfig("diag", 3, "uniform:1", d=3, n=8, batch=256, steps=300, chunk=100, lr=1e-2,
+                         seeds=2, validation_sequences=2000, evaluation_sequences=20_000)
+    result = train(config)
+    tune = stack_chunks(task_chunks(data_key(0, config.noise, "tune"), config.noise, 20_000, 8, 3))
+    eta = bl.tune_gd(tune, 1)
+    one_step = lticl.evaluate({"gd1": lambda x, y: bl.gd(x, y, 1, eta)}, data_key(0, config.noise, "evaluation"),
+                              config.noise, 20_000, 8, 3)["gd1"]
+    gap = one_step.mean - result.evaluation.mean
+    assert gap > 5 * (one_step.sem + result.evaluation.sem)
+    assert result.losses.shape == (2, 300) and result.seed == int(np.argmin([v.mean for v in result.validation]))
+
+
+def test_sampled_query_objective_trains():
+    config = TrainConfig("gdpp", 2, "fixed:0.5", objective="sampled_query", seeds=1, **TINY)
+    result = train(config)
+    assert np.isfinite(result.losses).all()
+
+
+def test_select_best_skips_broken_seeds():
+    ok = Evaluation(0.3, 0.01, 2.0, 0, 0.01, 100)
+    better_but_broken = Evaluation(float("nan"), float("nan"), float("nan"), 3, float("nan"), 100)
+    assert select_best([ok, better_but_broken, Evaluation(0.2, 0.01, 2.0, 0, 0.01, 100)]) == 2
+    assert select_best([better_but_broken, ok]) == 1
+    with pytest.raises(RuntimeError, match="training failed"):
+        select_best([better_but_broken])
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(variant="rnn"), "unknown variant"), (dict(layers=0), "layers must be >= 1"),
+    (dict(noise="uniform:-1"), ">= 0"), (dict(objective="mse"), "unknown objective"),
+    (dict(init="zeros"), "unknown init"), (dict(lr=0.0), "lr must be > 0"),
+    (dict(lr_backoff=1.0), "lr_backoff"), (dict(seeds=0), "seeds must be >= 1"),
+])
+def test_config_rejects_bad_values(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**(dict(variant="diag", layers=2) | kwargs))
