@@ -73,8 +73,19 @@ def test_select_best_skips_broken_seeds():
     better_but_broken = Evaluation(float("nan"), float("nan"), float("nan"), 3, float("nan"), 100)
     assert select_best([ok, better_but_broken, Evaluation(0.2, 0.01, 2.0, 0, 0.01, 100)]) == 2
     assert select_best([better_but_broken, ok]) == 1
-    with pytest.raises(RuntimeError, match="training failed"):
+    with pytest.raises(RuntimeError, match="no seed is usable"):
         select_best([better_but_broken])
+    # a seed that failed in training is never chosen, however good it looks
+    assert select_best([ok, Evaluation(0.1, 0.01, 2.0, 0, 0.01, 100)], failed=[False, True]) == 0
+
+
+def test_a_run_that_cannot_recover_stops_loudly():
+    """An initial model that overflows on some sequences fails every batch: the run
+    must stop with an explanation, not train on with a vanishing learning rate."""
+    config = TrainConfig("full", 7, "uniform:7", init_scale=0.5, steps=40, chunk=10, max_recoveries=10,
+                         batch=512, seeds=2, validation_sequences=500, evaluation_sequences=500)
+    with pytest.raises(RuntimeError, match="every seed was rolled back 10 times"):
+        train(config)
 
 
 @pytest.mark.parametrize("kwargs,match", [
