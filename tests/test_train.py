@@ -39,7 +39,7 @@ def test_seeds_in_parallel_equal_seeds_alone():
 
 
 def test_huge_learning_rate_recovers_and_ends_finite():
-    config = TrainConfig("full", 3, "uniform:3", lr=1e3, warmup=0, steps=30, chunk=10, seeds=2,
+    config = TrainConfig("full", 3, "uniform:3", lr=1e3, warmup=0, steps=150, chunk=10, seeds=2,
                          **{k: v for k, v in TINY.items() if k not in ("steps", "chunk")})
     result = train(config)
     assert (result.recoveries > 0).all()
@@ -83,7 +83,7 @@ def test_a_run_that_cannot_recover_stops_loudly():
     """An initial model that overflows on some sequences fails every batch: the run
     must stop with an explanation, not train on with a vanishing learning rate."""
     config = TrainConfig("full", 7, "uniform:7", init_scale=0.5, steps=40, chunk=10, max_recoveries=10,
-                         batch=512, seeds=2, validation_sequences=500, evaluation_sequences=500)
+                         patience=1, batch=512, seeds=2, validation_sequences=500, evaluation_sequences=500)
     with pytest.raises(RuntimeError, match="every seed was rolled back 10 times"):
         train(config)
 
@@ -97,3 +97,17 @@ def test_a_run_that_cannot_recover_stops_loudly():
 def test_config_rejects_bad_values(kwargs, match):
     with pytest.raises(ValueError, match=match):
         TrainConfig(**(dict(variant="diag", layers=2) | kwargs))
+
+
+def test_failed_steps_are_skipped_then_rolled_back():
+    """With every step failing (explode below any loss): each step is skipped, every
+    `patience` failures in a row roll back with a lower rate, parameters never move."""
+    config = TrainConfig("diag", 2, "uniform:1", explode=1e-12, patience=4, lr_backoff=0.5, seeds=2, **TINY)
+    state = init_state(config)
+    end, losses = run_steps(config, state, 6)
+    end, more = run_steps(config, end, 6)
+    assert np.isnan(losses).all() and np.isnan(more).all()
+    np.testing.assert_array_equal(end.skipped, [12, 12])
+    np.testing.assert_array_equal(end.recoveries, [3, 3])
+    np.testing.assert_allclose(end.lr_scale, [0.125, 0.125])
+    leaves_close(end.params, state.params, rtol=0)

@@ -226,6 +226,7 @@ def train(
         "seed": result.seed,
         "steps": steps,
         "recoveries": result.recoveries.tolist(),
+        "skipped_steps": result.skipped.tolist(),
         "evaluation": ev.to_dict(),
         "validation": [v.to_dict() for v in result.validation],
         "seconds": time.perf_counter() - started,

@@ -7,12 +7,16 @@
 The default objective is the exact query-averaged loss ½‖w^L − w‖² (SPEC §4); the
 paper's sampled-query loss ½(ŷ − y_query)² is an option.
 
-Never diverging silently: a step whose loss or gradient is non-finite, whose loss
-exceeds `explode`, or whose new parameters are non-finite is not taken; that model
-(only that one, inside the vmapped batch) goes back to its last good state — the
-state at the start of the current compiled call — with its learning rate scaled by
-`lr_backoff`, and the recovery is counted. The data stream goes on, so a recovered
-model does not meet the same batch again.
+Never diverging silently, per model inside the vmapped batch:
+- a step whose loss or gradient is non-finite, whose loss exceeds `explode` × d/2, or
+  whose new parameters are non-finite is skipped (counted): with heavy-tailed data
+  one sequence can make a whole batch non-finite, and the next batch is fine;
+- `patience` failed steps in a row mean divergence: that model goes back to its last
+  good state — the last parameters whose batch loss passed the check — with its
+  learning rate scaled by `lr_backoff`, and the recovery is counted;
+- a seed with `max_recoveries` recoveries has failed and is never selected; when all
+  seeds have failed the run stops with an error.
+The data stream goes on, so a model does not meet the same batch again.
 """
 
 from __future__ import annotations
@@ -60,15 +64,17 @@ class TrainConfig:
     seeds: int = 1  # trained in parallel; the best on validation data is kept
     chunk: int = 100  # steps per compiled call (and how often a good state is saved)
     lr_backoff: float = 0.5
-    explode: float = 1e4  # a batch loss above this is divergence
-    max_recoveries: int = 50  # a seed rolled back this often has failed
+    # A batch loss above explode × d/2 (d/2: the loss of predicting 0) is a failed step.
+    explode: float = 100.0
+    patience: int = 10  # failed steps in a row that count as divergence
+    max_recoveries: int = 20  # a seed rolled back this often has failed
     validation_sequences: int = 20_000
     evaluation_sequences: int = 100_000
 
     def __post_init__(self):
         object.__setattr__(self, "variant", canonical_variant(self.variant))
         object.__setattr__(self, "noise", as_noise(self.noise).spec)
-        for name in ("layers", "heads", "d", "n", "steps", "batch", "seeds", "chunk", "max_recoveries",
+        for name in ("layers", "heads", "d", "n", "steps", "batch", "seeds", "chunk", "patience", "max_recoveries",
                      "validation_sequences", "evaluation_sequences"):
             object.__setattr__(self, name, positive_int(getattr(self, name), name))
         if self.objective not in OBJECTIVES:
@@ -94,8 +100,12 @@ class TrainState(NamedTuple):
     opt_state: optax.OptState
     step: Array  # int: steps taken (the data stream's position)
     lr_scale: Array  # multiplies the schedule; lowered at each recovery
-    recoveries: Array  # int
+    recoveries: Array  # int: rollbacks to the good state
+    skipped: Array  # int: failed steps not taken
+    streak: Array  # int: failed steps in a row
     key: Array  # the seed's training data stream
+    good_params: Params  # the last parameters whose batch loss passed the check
+    good_opt_state: optax.OptState
 
 
 def optimizer(config: TrainConfig) -> optax.GradientTransformation:
@@ -124,8 +134,9 @@ def init_state(config: TrainConfig) -> TrainState:
 
     def one(k):
         params = _init_params(config, jax.random.fold_in(jax.random.key(config.seed), k))
-        return TrainState(params, opt.init(params), jnp.zeros((), jnp.int32), jnp.ones(()),
-                          jnp.zeros((), jnp.int32), jax.random.fold_in(train_key, k))
+        zero, opt_state = jnp.zeros((), jnp.int32), opt.init(params)
+        return TrainState(params, opt_state, zero, jnp.ones(()), zero, zero, zero,
+                          jax.random.fold_in(train_key, k), params, opt_state)
 
     return jax.vmap(one)(jnp.arange(config.seeds))
 
@@ -149,31 +160,39 @@ def _finite(tree) -> Array:
 
 @partial(jax.jit, static_argnames=("config", "steps"))
 def run_steps(config: TrainConfig, state: TrainState, steps: int) -> tuple[TrainState, Array]:
-    """`steps` steps for every seed in one compiled call: (new state, losses (K, steps)).
-    A failed step rolls that seed back to `state` (its good state) with a lower rate."""
+    """`steps` steps for every seed in one compiled call: (new state, losses (K, steps)),
+    the loss nan where a step failed."""
     opt = optimizer(config)
     loss_fn = objective(config)
+    where = lambda cond, a, b: jax.tree.map(lambda x, y: jnp.where(cond, x, y), a, b)
 
-    def one_seed(good: TrainState):
-        def step(s: TrainState, _):
-            loss, grads = jax.value_and_grad(loss_fn)(s.params, jax.random.fold_in(s.key, s.step))
-            updates, opt_state = opt.update(grads, s.opt_state, s.params)
-            params = optax.apply_updates(s.params, jax.tree.map(lambda u: s.lr_scale * u, updates))
-            ok = jnp.isfinite(loss) & (loss < config.explode) & _finite(grads) & _finite(params)
-            keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
-            s = TrainState(
-                keep(params, good.params),
-                keep(opt_state, good.opt_state),
-                s.step + 1,
-                jnp.where(ok, s.lr_scale, s.lr_scale * config.lr_backoff),
-                s.recoveries + (~ok).astype(jnp.int32),
-                s.key,
-            )
-            return s, jnp.where(ok, loss, jnp.nan)
+    def step(s: TrainState, _):
+        loss, grads = jax.value_and_grad(loss_fn)(s.params, jax.random.fold_in(s.key, s.step))
+        # The check is of the current parameters: passing it makes them the good state.
+        checked = jnp.isfinite(loss) & (loss < config.explode * config.d / 2) & _finite(grads)
+        good_params, good_opt = where(checked, (s.params, s.opt_state), (s.good_params, s.good_opt_state))
+        updates, opt_state = opt.update(grads, s.opt_state, s.params)
+        params = optax.apply_updates(s.params, jax.tree.map(lambda u: s.lr_scale * u, updates))
+        ok = checked & _finite(params)
+        streak = jnp.where(ok, 0, s.streak + 1)
+        rollback = streak >= config.patience
+        stay = where(rollback, (good_params, good_opt), (s.params, s.opt_state))
+        params, opt_state = where(ok, (params, opt_state), stay)
+        s = TrainState(
+            params,
+            opt_state,
+            s.step + 1,
+            jnp.where(rollback, s.lr_scale * config.lr_backoff, s.lr_scale),
+            s.recoveries + rollback.astype(jnp.int32),
+            s.skipped + (~ok).astype(jnp.int32),
+            jnp.where(rollback, 0, streak),
+            s.key,
+            good_params,
+            good_opt,
+        )
+        return s, jnp.where(ok, loss, jnp.nan)
 
-        return jax.lax.scan(step, good, None, length=steps)
-
-    return jax.vmap(one_seed)(state)
+    return jax.vmap(lambda s: jax.lax.scan(step, s, None, length=steps))(state)
 
 
 class TrainResult(NamedTuple):
@@ -183,6 +202,7 @@ class TrainResult(NamedTuple):
     all_params: Params  # every seed, leading axis K
     losses: np.ndarray  # (K, steps) training loss, nan where a step was rolled back
     recoveries: np.ndarray  # (K,)
+    skipped: np.ndarray  # (K,)
     validation: list[Evaluation]  # per seed, adjusted loss on validation sequences
     evaluation: Evaluation  # the best seed's adjusted loss on fresh evaluation sequences
     oracle_loss: Evaluation
@@ -218,7 +238,10 @@ def train(config: TrainConfig, progress: Callable[[int, np.ndarray], None] | Non
             )
         if progress is not None:
             progress(done, losses[-1][:, -1])
-    all_params = state.params
+    # A run that ends inside a streak of failed steps returns its last checked state.
+    unchecked = state.streak > 0
+    all_params = jax.tree.map(lambda g, p: jnp.where(unchecked.reshape((-1,) + (1,) * (p.ndim - 1)), g, p),
+                              state.good_params, state.params)
     seeds = [jax.tree.map(lambda a: a[k], all_params) for k in range(config.seeds)]
     val_key = data_key(config.seed, config.noise, "validation")
     validation = [
@@ -229,5 +252,6 @@ def train(config: TrainConfig, progress: Callable[[int, np.ndarray], None] | Non
     final = evaluate({"m": partial(weights, seeds[best])}, data_key(config.seed, config.noise, "evaluation"),
                      config.noise, config.evaluation_sequences, config.n, config.d)
     return TrainResult(config, seeds[best], best, all_params, np.concatenate(losses, axis=1),
-                       np.asarray(state.recoveries), validation, final["m"], final["oracle_loss"])
+                       np.asarray(state.recoveries), np.asarray(state.skipped), validation, final["m"],
+                       final["oracle_loss"])
 
