@@ -173,10 +173,13 @@ def baselines(
         err.print(f"wrote {out / 'baselines.json'} and {out / 'baselines.md'}")
 
 
-class Variant(str, Enum):
-    full = "full"
-    diag = "diag"
-    gdpp = "gdpp"
+def _variant_enum() -> type[Enum]:
+    from .model import VARIANTS  # the one list of variants
+
+    return Enum("Variant", {v: v for v in VARIANTS}, type=str)
+
+
+Variant = _variant_enum()
 
 
 @app.command()

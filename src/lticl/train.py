@@ -62,7 +62,7 @@ class TrainConfig:
     objective: str = "query_averaged"
     seed: int = 0
     seeds: int = 1  # trained in parallel; the best on validation data is kept
-    chunk: int = 100  # steps per compiled call (and how often a good state is saved)
+    chunk: int = 100  # steps per compiled call (and per progress report)
     lr_backoff: float = 0.5
     # A batch loss above explode × d/2 (d/2: the loss of predicting 0) is a failed step.
     explode: float = 100.0
@@ -200,7 +200,7 @@ class TrainResult(NamedTuple):
     params: Params  # the best seed
     seed: int  # its index among the K seeds
     all_params: Params  # every seed, leading axis K
-    losses: np.ndarray  # (K, steps) training loss, nan where a step was rolled back
+    losses: np.ndarray  # (K, steps) training loss, nan where a step failed
     recoveries: np.ndarray  # (K,)
     skipped: np.ndarray  # (K,)
     validation: list[Evaluation]  # per seed, adjusted loss on validation sequences
