@@ -32,8 +32,10 @@ def test_token_gram_implicit_forms_agree(variant, layers, heads, dtype):
     assert tokens.dtype == dtype and tokens.shape == (t.batch,)
     assert np.max(np.abs(tokens)) < 1e4  # the dynamics are bounded, so the check is meaningful
     gram_ = lticl.predict(params, t.x, t.y, t.x_query, form="gram")
-    implicit = jnp.einsum("bd,bd->b", lticl.weights(params, t.x, t.y), t.x_query)
+    final = jnp.einsum("bd,bd->b", lticl.weights(params, t.x, t.y), t.x_query)
+    implicit = jnp.einsum("bd,bd->b", lticl.implicit_state(params, t.x, t.y).w[-1], t.x_query)
     assert rel_err(gram_, tokens) <= TOL[dtype]
+    assert rel_err(final, tokens) <= TOL[dtype]
     assert rel_err(implicit, tokens) <= TOL[dtype]
 
 

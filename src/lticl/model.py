@@ -190,6 +190,16 @@ def _mix(P: Array, Q: Array, G: Array) -> Array:
     return jnp.einsum("hij,bjk,hkm->bim", P, G, Q)
 
 
+def _layer_mixers(params: Params):
+    """(per-layer parameters, mix(parameters, G) -> Σ_k P_k G Q_k) for a scan over layers.
+    DIAG/GD++ mix elementwise: diag(p) G diag(q) = G ⊙ p qᵀ, so Σ_k is one (D, D) mask."""
+    if params.variant == "full":
+        return full_matrices(params), lambda PQ, G: _mix(*PQ, G)
+    P, Q = full_matrices(params)
+    mask = jnp.einsum("lhii,lhjj->lij", P, Q)
+    return mask, lambda mask, G: mask * G
+
+
 def _forward_tokens(params: Params, x, y, x_query) -> Array:
     n = x.shape[1]
 
@@ -209,13 +219,25 @@ def layer_mixes(params: Params, G0: Array) -> Array:
     """K^l = Σ_k P_k G^l Q_k for l = 0..L-1, propagating G^{l+1} = T G Tᵀ: (L, B, D, D)."""
     eye = jnp.eye(G0.shape[-1], dtype=G0.dtype)
 
-    def layer(G, PQ):
-        K = _mix(*PQ, G)
+    per_layer, mix = _layer_mixers(params)
+
+    def layer(G, theta):
+        K = mix(theta, G)
         T = eye + K
         return T @ G @ jnp.swapaxes(T, -1, -2), K
 
-    _, K = jax.lax.scan(layer, G0, full_matrices(params))
+    _, K = jax.lax.scan(layer, G0, per_layer)
     return K
+
+
+def _final_weights(params: Params, x, y) -> Array:
+    """w^L without the implicit state: the query moves by T^{L-1}⋯T^0, so
+    w^L = −(e_Dᵀ T^{L-1}⋯T^0)[:d], one row vector carried back through the layers."""
+    d = params.d
+    K = layer_mixes(params, gram(x, y))
+    row = jnp.zeros((x.shape[0], d + 1), x.dtype).at[:, d].set(1.0)
+    row, _ = jax.lax.scan(lambda r, K: (r + jnp.einsum("bi,bij->bj", r, K), None), row, K, reverse=True)
+    return -row[:, :d]
 
 
 def _forward_gram(params: Params, x, y, x_query) -> Array:
@@ -330,6 +352,12 @@ def implicit_state(params: Params, x: Array, y: Array) -> ImplicitState:
     return _implicit_jit(params, x, y)
 
 
+_final_weights_jit = jax.jit(_final_weights)
+
+
 def weights(params: Params, x: Array, y: Array) -> Array:
-    """w^L (B, d): the model's prediction is exactly <w^L, x_query>."""
-    return implicit_state(params, x, y).w[-1]
+    """w^L (B, d): the model's prediction is exactly <w^L, x_query>. Equal to
+    implicit_state(...).w[-1], by a cheaper route (the training objective's)."""
+    check_params(params)
+    check_batch(x, y, d=params.d)
+    return _final_weights_jit(params, x, y)
