@@ -9,6 +9,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
+import numpy as np
 import typer
 from rich import box
 from rich.console import Console
@@ -182,62 +183,67 @@ def _variant_enum() -> type[Enum]:
 Variant = _variant_enum()
 
 
+class Budget(str, Enum):
+    smoke = "smoke"
+    laptop = "laptop"
+    paper = "paper"
+
+
+def _progress_bar():
+    from rich.progress import BarColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("step {task.completed}/{task.total}"),
+               TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn()]
+    return Progress(*columns, console=err)
+
+
+def _train_run(config, directory: Path, resume: bool, progress: Progress) -> dict:
+    """One run in `directory` with a progress bar; one-line errors on bad state."""
+    from .runs import run
+
+    task = progress.add_task(f"{config.variant}-{config.layers} {config.noise}", total=config.steps, loss="–")
+    try:
+        metrics = run(config, directory, resume,
+                      lambda done, losses: progress.update(task, completed=done, loss=f"{float(np.nanmin(losses)):.4f}"))
+    except ValueError as e:
+        _fail(str(e))
+    progress.update(task, completed=config.steps, visible=False)
+    return metrics
+
+
 @app.command()
 def train(
     variant: Annotated[Variant, typer.Option(help="Parameterisation (SPEC §3).")],
     layers: Annotated[int, typer.Option(min=1, help="Number of layers L.")],
-    out: Annotated[Path, typer.Option(help="Directory for model.npz, metrics.json and config.json.")],
+    out: Annotated[Path, typer.Option(help="Run directory: model.npz, metrics.json, config.json, checkpoint.npz.")],
+    budget: Annotated[Budget, typer.Option(help="smoke (CI), laptop (the measured recipe), paper (the paper's).")] = Budget.laptop,
     heads: Annotated[int, typer.Option(min=1, help="Heads per layer.")] = 1,
     noise: Annotated[str, typer.Option(help="Training noise, e.g. uniform:5, categorical:1,3.")] = "uniform:5",
-    seeds: Annotated[int, typer.Option(min=1, help="Seeds trained in parallel; the best on validation data is kept.")] = 1,
+    seeds: Annotated[Optional[int], typer.Option(min=1, help="Seeds trained in parallel; the best on validation data is kept. [budget]")] = None,
     seed: Annotated[int, typer.Option(help="Base seed of initialisation and data.")] = 0,
-    steps: Annotated[int, typer.Option(min=1)] = 2000,
-    lr: Annotated[float, typer.Option(help="Peak learning rate (warmup, then cosine decay).")] = 3e-3,
-    batch: Annotated[int, typer.Option(min=1, help="Sequences per step.")] = 2048,
-    objective: Annotated[str, typer.Option(help="query_averaged (exact) or sampled_query (the paper's).")] = "query_averaged",
+    steps: Annotated[Optional[int], typer.Option(min=1, help="[budget]")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (warmup, then cosine decay). [budget]")] = None,
+    batch: Annotated[Optional[int], typer.Option(min=1, help="Sequences per step. [budget]")] = None,
+    objective: Annotated[Optional[str], typer.Option(help="query_averaged (exact) or sampled_query (the paper's). [budget]")] = None,
     n: Annotated[int, typer.Option(min=1, help="Context points per sequence.")] = 20,
     d: Annotated[int, typer.Option(min=1, help="Input dimension.")] = 10,
-    sequences: Annotated[int, typer.Option(min=1, help="Evaluation sequences for the reported loss.")] = 100_000,
+    sequences: Annotated[Optional[int], typer.Option(min=1, help="Evaluation sequences for the reported loss. [budget]")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the checkpoint in --out (or reuse its finished result).")] = False,
 ) -> None:
     """Train a linear transformer and evaluate the best seed on fresh sequences."""
-    from rich.progress import BarColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    from .io import save_npz
-    from .provenance import environment
-    from .train import TrainConfig, train as run_training
+    from .train import budget_config
 
     try:
-        config = TrainConfig(variant.value, layers, noise, heads=heads, d=d, n=n, steps=steps, batch=batch, lr=lr,
-                             objective=objective, seed=seed, seeds=seeds, evaluation_sequences=sequences)
+        config = budget_config(budget.value, variant.value, layers, noise, heads=heads, d=d, n=n, steps=steps,
+                               batch=batch, lr=lr, objective=objective, seed=seed, seeds=seeds,
+                               evaluation_sequences=sequences)
     except ValueError as e:
         _fail(str(e))
-    columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("step {task.completed}/{task.total}"),
-               TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn()]
-    started = time.perf_counter()
-    with Progress(*columns, console=err) as progress:
-        task = progress.add_task(f"{config.variant}-{layers} {config.noise}", total=steps, loss="–")
-        result = run_training(
-            config, lambda done, losses: progress.update(task, completed=done, loss=f"{float(min(losses)):.4f}")
-        )
-    out.mkdir(parents=True, exist_ok=True)
-    save_npz(result.params, out / "model.npz")
-    ev = result.evaluation
-    metrics = {
-        "adjusted_loss": ev.mean,
-        "loss": ev.mean + result.oracle_loss.mean,
-        "oracle_loss": result.oracle_loss.mean,
-        "seed": result.seed,
-        "steps": steps,
-        "recoveries": result.recoveries.tolist(),
-        "skipped_steps": result.skipped.tolist(),
-        "evaluation": ev.to_dict(),
-        "validation": [v.to_dict() for v in result.validation],
-        "seconds": time.perf_counter() - started,
-    }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    (out / "config.json").write_text(json.dumps({"config": config.to_dict(), "environment": environment()}, indent=2))
-    Console().print(f"adjusted loss {ev.mean:.4f} ± {ev.sem:.4f} (worst sequence {ev.worst:.3g}, "
-                    f"{ev.nonfinite} non-finite) from seed {result.seed}; recoveries {result.recoveries.tolist()}; "
+    with _progress_bar() as progress:
+        metrics = _train_run(config, out, resume, progress)
+    ev = metrics["evaluation"]
+    Console().print(f"adjusted loss {ev['mean']:.4f} ± {ev['sem']:.4f} (worst sequence {ev['worst']:.3g}, "
+                    f"{ev['nonfinite']} non-finite) from seed {metrics['seed']}; recoveries {metrics['recoveries']}; "
                     f"wrote {out}/model.npz, metrics.json, config.json")
 
 

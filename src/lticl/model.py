@@ -130,18 +130,22 @@ def gd_init(
     dtype=jnp.float32,
 ) -> Params:
     """Every layer one GD step of size `step_size` (ω_yx = −step_size, split over the
-    heads), every free entry perturbed by `scale` N(0, 1) — by `scale`·step_size on
-    Q, whose entries act at the step's scale. Stacked, the unperturbed layers run
-    L steps of GD on the context, a stable start for any depth while
-    step_size < 2/λ_max(Σ)."""
+    heads), every free entry perturbed by `scale`·√step_size N(0, 1). Stacked, the
+    unperturbed layers run L steps of GD on the context, a stable start for any
+    depth while step_size < 2/λ_max(Σ).
+
+    The step is split evenly between P and Q (each √step_size): the model is
+    invariant under P_k → c P_k, Q_k → Q_k / c, but Adam is not, and balanced
+    factors make its per-entry step the same relative change on both."""
     base = init_params(key, variant, layers, d, heads, scale=1.0, dtype=dtype)
+    root = float(step_size) ** 0.5
     if base.variant == "full":
-        P0 = jnp.zeros((d + 1, d + 1), dtype).at[d, d].set(1.0)
-        Q0 = jnp.zeros((d + 1, d + 1), dtype).at[:d, :d].set(-step_size * jnp.eye(d, dtype=dtype))
+        P0 = jnp.zeros((d + 1, d + 1), dtype).at[d, d].set(root)
+        Q0 = jnp.zeros((d + 1, d + 1), dtype).at[:d, :d].set(-root * jnp.eye(d, dtype=dtype))
     else:
-        P0 = jnp.array([0.0, 1.0], dtype)
-        Q0 = jnp.array([-step_size, 0.0], dtype)[: base.q.shape[-1]]
-    return Params(base.variant, d, P0 / heads + scale * base.p, Q0 + scale * step_size * base.q)
+        P0 = jnp.array([0.0, root], dtype)
+        Q0 = jnp.array([-root, 0.0], dtype)[: base.q.shape[-1]]
+    return Params(base.variant, d, P0 / heads + scale * root * base.p, Q0 + scale * root * base.q)
 
 
 def _diag_matrix(sx: Array, sy: Array, d: int) -> Array:

@@ -66,8 +66,14 @@ def _stream(key: Array, name: str) -> Array:
     return jax.random.fold_in(key, _STREAM[name])
 
 
+def sigma_key(key: Array) -> Array:
+    """The key from which `sample_tasks(key, ...)` draws σ (for samplers of σ elsewhere)."""
+    return _stream(key, "sigma")
+
+
 @partial(jax.jit, static_argnums=(2, 3))
-def _sample(key, sigma, n, d):
+def tasks_given_sigma(key, sigma, n, d):
+    """Sequences for the drawn noise levels sigma (B,): the rest of `sample_tasks`."""
     # σ comes in drawn, so this compiles once per shape, not once per distribution.
     batch, dtype = sigma.shape[0], sigma.dtype
     k = {name: _stream(key, name) for name in _STREAM}
@@ -91,7 +97,7 @@ def sample_tasks(
     noise = as_noise(noise)
     batch, n, d = (positive_int(v, name) for v, name in ((batch, "batch"), (n, "n"), (d, "d")))
     sigma = noise.sample(_stream(key, "sigma"), batch, jnp.dtype(dtype))
-    return _sample(key, sigma, n, d)
+    return tasks_given_sigma(key, sigma, n, d)
 
 
 def task_chunks(

@@ -21,8 +21,8 @@ The data stream goes on, so a model does not meet the same batch again.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from functools import partial
+from dataclasses import asdict, dataclass, replace
+from functools import cached_property, partial
 from typing import Callable, NamedTuple
 
 import jax
@@ -31,10 +31,10 @@ import numpy as np
 import optax
 from jax import Array
 
-from .metrics import Evaluation, evaluate, sequence_loss
-from .model import Params, canonical_variant, gd_init, init_params, predict, weights
-from .noise import as_noise
-from .tasks import data_key, positive_int, sample_tasks
+from .metrics import Evaluation, oracle_loss, sequence_loss
+from .model import Params, _final_weights, canonical_variant, gd_init, init_params, predict
+from .noise import Categorical, Fixed, Uniform, as_noise
+from .tasks import data_key, positive_int, sigma_key, task_chunks, tasks_given_sigma
 from .theory import best_one_step_size
 
 OBJECTIVES = ("query_averaged", "sampled_query")
@@ -74,6 +74,7 @@ class TrainConfig:
     def __post_init__(self):
         object.__setattr__(self, "variant", canonical_variant(self.variant))
         object.__setattr__(self, "noise", as_noise(self.noise).spec)
+        noise_atoms(self.noise)  # raises for noise that training cannot draw
         for name in ("layers", "heads", "d", "n", "steps", "batch", "seeds", "chunk", "patience", "max_recoveries",
                      "validation_sequences", "evaluation_sequences"):
             object.__setattr__(self, name, positive_int(getattr(self, name), name))
@@ -92,6 +93,60 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @cached_property
+    def program(self) -> "TrainConfig":
+        """What the compiled training step depends on: the noise setting and seeds are
+        data (in TrainState), so configs differing only there share one program and
+        can train side by side in one vmapped call."""
+        return replace(self, noise="fixed:0", seed=0, seeds=1, init="gd", init_scale=1.0,
+                       validation_sequences=1, evaluation_sequences=1)
+
+
+MAX_ATOMS = 8
+
+
+def noise_atoms(noise) -> tuple[np.ndarray, int]:
+    """A training noise setting as data: σ is drawn uniformly from one of `count`
+    intervals [lo, hi] (rows of a (MAX_ATOMS, 2) array; a point is lo = hi)."""
+    noise = as_noise(noise)
+    if isinstance(noise, Fixed):
+        rows = [(noise.sigma, noise.sigma)]
+    elif isinstance(noise, Uniform):
+        rows = [(0.0, noise.sigma_max)]
+    elif isinstance(noise, Categorical) and len(noise.values) <= MAX_ATOMS:
+        rows = [(v, v) for v in noise.values]
+    else:
+        raise ValueError(f"training supports fixed, uniform and categorical noise (at most {MAX_ATOMS} values), "
+                         f"not {noise.spec!r}")
+    atoms = np.array(rows + [rows[-1]] * (MAX_ATOMS - len(rows)), np.float32)
+    return atoms, len(rows)
+
+
+def _draw_sigma(key: Array, atoms: Array, count: Array, batch: int) -> Array:
+    k_atom, k_u = jax.random.split(key)
+    i = jnp.minimum((jax.random.uniform(k_atom, (batch,)) * count).astype(jnp.int32), count - 1)
+    lo, hi = atoms[i, 0], atoms[i, 1]
+    return lo + (hi - lo) * jax.random.uniform(k_u, (batch,))
+
+
+# Budgets: TrainConfig overrides. "laptop" is the measured recipe (docs/training.md);
+# "paper" is the paper's own (SPEC §7: Adam 1e-4, batch 2048, 200k steps, best of 5).
+BUDGETS: dict[str, dict] = {
+    "smoke": dict(steps=60, batch=256, seeds=1, warmup=10, chunk=30, validation_sequences=2000,
+                  evaluation_sequences=5000),
+    "laptop": dict(),
+    "paper": dict(steps=200_000, batch=2048, lr=1e-4, warmup=0, final_lr_fraction=1.0, seeds=5,
+                  objective="sampled_query", init="random", chunk=1000),
+}
+
+
+def budget_config(budget: str, variant: str, layers: int, noise: str = "uniform:5", **overrides) -> TrainConfig:
+    """The TrainConfig of a named budget; keyword overrides (None ignored) win."""
+    if budget not in BUDGETS:
+        raise ValueError(f"unknown budget {budget!r}; expected one of {', '.join(BUDGETS)}")
+    fields = {**BUDGETS[budget], **{k: v for k, v in overrides.items() if v is not None}}
+    return TrainConfig(variant, layers, noise, **fields)
+
 
 class TrainState(NamedTuple):
     """One model's state; under `init_state` every leaf has a leading seed axis."""
@@ -104,6 +159,8 @@ class TrainState(NamedTuple):
     skipped: Array  # int: failed steps not taken
     streak: Array  # int: failed steps in a row
     key: Array  # the seed's training data stream
+    atoms: Array  # the training noise setting (noise_atoms), (MAX_ATOMS, 2)
+    count: Array  # int: how many rows of atoms are used
     good_params: Params  # the last parameters whose batch loss passed the check
     good_opt_state: optax.OptState
 
@@ -131,24 +188,26 @@ def init_state(config: TrainConfig) -> TrainState:
     fold_in(key(seed), k) for its initialisation and its own data stream."""
     opt = optimizer(config)
     train_key = data_key(config.seed, config.noise, "train")
+    atoms, count = noise_atoms(config.noise)
 
     def one(k):
         params = _init_params(config, jax.random.fold_in(jax.random.key(config.seed), k))
         zero, opt_state = jnp.zeros((), jnp.int32), opt.init(params)
         return TrainState(params, opt_state, zero, jnp.ones(()), zero, zero, zero,
-                          jax.random.fold_in(train_key, k), params, opt_state)
+                          jax.random.fold_in(train_key, k), jnp.asarray(atoms), jnp.asarray(count, jnp.int32),
+                          params, opt_state)
 
     return jax.vmap(one)(jnp.arange(config.seeds))
 
 
-def objective(config: TrainConfig) -> Callable[[Params, Array], Array]:
-    """(params, key) -> mean loss on one freshly drawn batch."""
-    noise = as_noise(config.noise)
+def objective(config: TrainConfig) -> Callable[[Params, Array, Array, Array], Array]:
+    """(params, key, atoms, count) -> mean loss on one freshly drawn batch."""
 
-    def loss(params: Params, key: Array) -> Array:
-        t = sample_tasks(key, noise, config.batch, config.n, config.d)
+    def loss(params: Params, key: Array, atoms: Array, count: Array) -> Array:
+        sigma = _draw_sigma(sigma_key(key), atoms, count, config.batch)
+        t = tasks_given_sigma(key, sigma, config.n, config.d)
         if config.objective == "query_averaged":
-            return jnp.mean(sequence_loss(weights(params, t.x, t.y), t.w))
+            return jnp.mean(sequence_loss(_final_weights(params, t.x, t.y), t.w))
         return 0.5 * jnp.mean((predict(params, t.x, t.y, t.x_query) - t.y_query) ** 2)
 
     return loss
@@ -158,16 +217,21 @@ def _finite(tree) -> Array:
     return jnp.all(jnp.array([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
 
 
-@partial(jax.jit, static_argnames=("config", "steps"))
 def run_steps(config: TrainConfig, state: TrainState, steps: int) -> tuple[TrainState, Array]:
-    """`steps` steps for every seed in one compiled call: (new state, losses (K, steps)),
-    the loss nan where a step failed."""
+    """`steps` steps for every model on the leading axis (seeds, and configs sharing
+    config.program) in one compiled call: (new state, losses (K, steps)), the loss
+    nan where a step failed."""
+    return _run_steps(config.program, state, steps)
+
+
+@partial(jax.jit, static_argnames=("config", "steps"))
+def _run_steps(config: TrainConfig, state: TrainState, steps: int) -> tuple[TrainState, Array]:
     opt = optimizer(config)
     loss_fn = objective(config)
     where = lambda cond, a, b: jax.tree.map(lambda x, y: jnp.where(cond, x, y), a, b)
 
     def step(s: TrainState, _):
-        loss, grads = jax.value_and_grad(loss_fn)(s.params, jax.random.fold_in(s.key, s.step))
+        loss, grads = jax.value_and_grad(loss_fn)(s.params, jax.random.fold_in(s.key, s.step), s.atoms, s.count)
         # The check is of the current parameters: passing it makes them the good state.
         checked = jnp.isfinite(loss) & (loss < config.explode * config.d / 2) & _finite(grads)
         good_params, good_opt = where(checked, (s.params, s.opt_state), (s.good_params, s.good_opt_state))
@@ -187,6 +251,8 @@ def run_steps(config: TrainConfig, state: TrainState, steps: int) -> tuple[Train
             s.skipped + (~ok).astype(jnp.int32),
             jnp.where(rollback, 0, streak),
             s.key,
+            s.atoms,
+            s.count,
             good_params,
             good_opt,
         )
@@ -208,50 +274,128 @@ class TrainResult(NamedTuple):
     oracle_loss: Evaluation
 
 
-def select_best(validation: list[Evaluation], failed=None) -> int:
+def select_best(validation: list[Evaluation], failed=None, worst_limit: float = np.inf) -> int:
     """The seed with the lowest validation mean among those that did not fail in
-    training and have no non-finite validation loss. Raises if there is none."""
+    training, have no non-finite validation loss and no validation sequence with a
+    loss above `worst_limit` (a heavy tail that a mean hides). Raises if none."""
     failed = np.zeros(len(validation), bool) if failed is None else np.asarray(failed)
-    usable = [i for i, v in enumerate(validation) if not failed[i] and v.nonfinite == 0 and np.isfinite(v.mean)]
+    usable = [i for i, v in enumerate(validation)
+              if not failed[i] and v.nonfinite == 0 and np.isfinite(v.mean) and v.worst <= worst_limit]
     if not usable:
-        raise RuntimeError("no seed is usable (each failed in training or has non-finite validation losses)")
+        raise RuntimeError("no seed is usable (each failed in training, has non-finite validation losses or a "
+                           f"validation sequence with loss above {worst_limit:g})")
     return min(usable, key=lambda i: validation[i].mean)
 
 
-def train(config: TrainConfig, progress: Callable[[int, np.ndarray], None] | None = None) -> TrainResult:
-    """Train config.seeds models in parallel, keep the best on validation sequences
-    and evaluate it on separate fresh sequences. `progress(step, last_losses)` is
-    called after every compiled chunk."""
-    state = init_state(config)
-    losses = []
-    done = 0
+@jax.jit
+def _adjusted_losses(params: Params, tasks) -> Array:
+    """(K, B) per-sequence adjusted loss of K stacked models on the same sequences."""
+    model = jax.vmap(lambda p: sequence_loss(_final_weights(p, tasks.x, tasks.y), tasks.w))(params)
+    return model - oracle_loss(tasks)
+
+
+def evaluate_models(params: Params, key: Array, noise, sequences: int, n: int) -> list[Evaluation]:
+    """Adjusted loss of each of K models stacked on a leading axis, all on the same
+    fresh sequences; one compiled program per model shape."""
+    parts = [np.asarray(_adjusted_losses(params, t)) for t in task_chunks(key, noise, sequences, n, params.d)]
+    return [Evaluation.of(v) for v in np.concatenate(parts, axis=1)]
+
+
+def _stack(trees):
+    return jax.tree.map(lambda *a: jnp.concatenate(a), *trees)
+
+
+def _shard(state: TrainState) -> TrainState:
+    """Spread the models over the host's devices when they divide evenly (the CLI
+    exposes the 2 cores as 2 devices; see docs/training.md)."""
+    devices = jax.devices()
+    members = state.step.shape[0]
+    if len(devices) < 2 or members % len(devices):
+        return state
+    mesh = jax.sharding.Mesh(np.array(devices), ("m",))
+    return jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("m")))
+
+
+def train_group(
+    configs: list[TrainConfig],
+    progress: Callable[[int, np.ndarray], None] | None = None,
+    starts: list[tuple[TrainState, np.ndarray] | None] | None = None,
+    on_chunk: Callable[[int, TrainState, np.ndarray], None] | None = None,
+) -> list[TrainResult]:
+    """Train several configs that share one program (`config.program`: same variant,
+    shapes and optimiser; any noise setting and seed) side by side in one vmapped
+    call per chunk, then select and evaluate each one's best seed. `starts[i]`
+    continues config i from (state, losses so far); `on_chunk(i, state, losses)`
+    is called for each config after every chunk; `progress(step, losses)` once."""
+    if not configs:
+        return []
+    if len({c.program for c in configs}) != 1:
+        raise ValueError("train_group needs configs that differ only in noise, seed and seeds")
+    config = configs[0]
+    starts = starts or [None] * len(configs)
+    begun = [s if s is not None else (init_state(c), np.zeros((c.seeds, 0), np.float32)) for c, s in zip(configs, starts)]
+    done = {int(np.asarray(st.step).reshape(-1)[0]) for st, _ in begun}
+    if len(done) != 1:
+        raise ValueError(f"configs of one group must start at the same step, got {sorted(done)}")
+    done = done.pop()
+    for (st, hist), c in zip(begun, configs):
+        if hist.shape != (c.seeds, done) or done > c.steps:
+            raise ValueError(f"inconsistent start: state at step {done}, losses of shape {hist.shape}")
+    bounds = np.cumsum([0] + [c.seeds for c in configs])
+    parts = lambda tree, i: jax.tree.map(lambda a: a[bounds[i]:bounds[i + 1]], tree)
+    state = _shard(_stack([st for st, _ in begun]))
+    losses = [np.concatenate([h for _, h in begun])]
     while done < config.steps:
-        steps = min(config.chunk, config.steps - done)
+        # Chunks end at multiples of config.chunk, so a resumed run makes the same calls.
+        steps = min(config.chunk - done % config.chunk, config.steps - done)
         state, chunk_losses = run_steps(config, state, steps)
         losses.append(np.asarray(chunk_losses))
         done += steps
-        if (np.asarray(state.recoveries) >= config.max_recoveries).all():
-            raise RuntimeError(
-                f"training failed at step {done}: every seed was rolled back {config.max_recoveries} times "
-                f"({config.variant}-{config.layers}, {config.noise}, lr {config.lr}); lower the learning rate or "
-                f"init_scale, or check the initial model's loss for non-finite sequences"
-            )
+        history = np.concatenate(losses, axis=1)
+        recoveries = np.asarray(state.recoveries)
+        for i, c in enumerate(configs):
+            if (recoveries[bounds[i]:bounds[i + 1]] >= c.max_recoveries).all():
+                raise RuntimeError(
+                    f"training failed at step {done}: every seed was rolled back {c.max_recoveries} times "
+                    f"({c.variant}-{c.layers}, {c.noise}, lr {c.lr}); lower the learning rate or "
+                    f"init_scale, or check the initial model's loss for non-finite sequences"
+                )
+            if on_chunk is not None:
+                on_chunk(i, parts(state, i), history[bounds[i]:bounds[i + 1]])
         if progress is not None:
             progress(done, losses[-1][:, -1])
-    # A run that ends inside a streak of failed steps returns its last checked state.
-    unchecked = state.streak > 0
-    all_params = jax.tree.map(lambda g, p: jnp.where(unchecked.reshape((-1,) + (1,) * (p.ndim - 1)), g, p),
-                              state.good_params, state.params)
-    seeds = [jax.tree.map(lambda a: a[k], all_params) for k in range(config.seeds)]
-    val_key = data_key(config.seed, config.noise, "validation")
-    validation = [
-        evaluate({"m": partial(weights, p)}, val_key, config.noise, config.validation_sequences, config.n, config.d)["m"]
-        for p in seeds
-    ]
-    best = select_best(validation, np.asarray(state.recoveries) >= config.max_recoveries)
-    final = evaluate({"m": partial(weights, seeds[best])}, data_key(config.seed, config.noise, "evaluation"),
-                     config.noise, config.evaluation_sequences, config.n, config.d)
-    return TrainResult(config, seeds[best], best, all_params, np.concatenate(losses, axis=1),
-                       np.asarray(state.recoveries), np.asarray(state.skipped), validation, final["m"],
-                       final["oracle_loss"])
+    # A model that ends inside a streak of failed steps returns its last checked state.
+    unchecked = np.asarray(state.streak) > 0
+    final = jax.tree.map(lambda g, p: jnp.where(unchecked.reshape((-1,) + (1,) * (p.ndim - 1)), g, p),
+                         state.good_params, state.params)
+    history = np.concatenate(losses, axis=1)
+    results = []
+    for i, c in enumerate(configs):
+        all_params = parts(final, i)
+        rec, skip = (np.asarray(a)[bounds[i]:bounds[i + 1]] for a in (state.recoveries, state.skipped))
+        validation = evaluate_models(all_params, data_key(c.seed, c.noise, "validation"), c.noise,
+                                     c.validation_sequences, c.n)
+        best = select_best(validation, rec >= c.max_recoveries, c.explode * c.d / 2)
+        params = jax.tree.map(lambda a: a[best], all_params)
+        ev_key = data_key(c.seed, c.noise, "evaluation")
+        evaluation = evaluate_models(jax.tree.map(lambda a: a[None], params), ev_key, c.noise,
+                                     c.evaluation_sequences, c.n)[0]
+        oracle = Evaluation.of(np.concatenate([np.asarray(oracle_loss(t))
+                                               for t in task_chunks(ev_key, c.noise, c.evaluation_sequences, c.n, c.d)]))
+        results.append(TrainResult(c, params, best, all_params, history[bounds[i]:bounds[i + 1]], rec, skip,
+                                   validation, evaluation, oracle))
+    return results
 
+
+def train(
+    config: TrainConfig,
+    progress: Callable[[int, np.ndarray], None] | None = None,
+    start: tuple[TrainState, np.ndarray] | None = None,
+    on_chunk: Callable[[TrainState, np.ndarray], None] | None = None,
+) -> TrainResult:
+    """Train config.seeds models in parallel, keep the best on validation sequences
+    and evaluate it on separate fresh sequences. `progress(step, last_losses)` is
+    called after every compiled chunk, `on_chunk(state, losses so far)` too (to
+    checkpoint); `start` = (state, losses so far) continues a saved run."""
+    return train_group([config], progress, [start],
+                       None if on_chunk is None else lambda i, state, losses: on_chunk(state, losses))[0]

@@ -1,0 +1,147 @@
+"""Run directories: one trained configuration, resumable after any interruption.
+
+    DIR/config.json       the TrainConfig, its hash and the library versions
+    DIR/checkpoint.npz    the whole training state after the last finished chunk
+    DIR/model.npz         the best seed (io.save_npz's format)    } written when
+    DIR/metrics.json      adjusted loss, oracle loss, recoveries… } training ends
+
+A directory with metrics.json is finished. Every file is written atomically, so a
+run killed at any instant (SIGKILL included) leaves either the previous checkpoint
+or the new one, and resuming repeats exactly the compiled calls an uninterrupted
+run makes: the parameters come out bit for bit the same.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import jax
+import numpy as np
+
+from .io import save_npz
+from .provenance import environment
+from .train import TrainConfig, TrainResult, TrainState, init_state, train
+
+CHECKPOINT, CONFIG, METRICS, MODEL = "checkpoint.npz", "config.json", "metrics.json", "model.npz"
+
+
+def config_hash(config: TrainConfig) -> str:
+    """12 hex digits of SHA-256 over the config's canonical JSON."""
+    text = json.dumps(config.to_dict(), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def run_name(config: TrainConfig) -> str:
+    """A readable, unique directory name: e.g. full-L7-H1-uniform5-<hash>."""
+    slug = "".join(c for c in config.noise if c.isalnum() or c == ".")
+    return f"{config.variant}-L{config.layers}-H{config.heads}-{slug}-{config_hash(config)}"
+
+
+def _atomic(path: Path, write: Callable) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_json(path: Path, data) -> None:
+    _atomic(path, lambda f: f.write(json.dumps(data, indent=2).encode()))
+
+
+def _leaves(state: TrainState) -> list[np.ndarray]:
+    return [np.asarray(jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x)
+            for x in jax.tree.leaves(state)]
+
+
+def save_checkpoint(path: Path, config: TrainConfig, state: TrainState, losses: np.ndarray) -> None:
+    arrays = {f"leaf{i}": a for i, a in enumerate(_leaves(state))}
+    _atomic(Path(path), lambda f: np.savez(f, config_hash=np.asarray(config_hash(config)), losses=losses, **arrays))
+
+
+def load_checkpoint(path: Path, config: TrainConfig) -> tuple[TrainState, np.ndarray]:
+    """The state and loss history saved by `save_checkpoint` for this very config."""
+    template = init_state(config)
+    with np.load(path, allow_pickle=False) as f:
+        if str(f["config_hash"]) != config_hash(config):
+            raise ValueError(f"{path} belongs to another configuration (hash {f['config_hash']}, "
+                             f"this one {config_hash(config)})")
+        leaves, treedef = jax.tree.flatten(template)
+        if len(f.files) != len(leaves) + 2:
+            raise ValueError(f"{path} does not hold a training state of this library version")
+        restored = []
+        for i, like in enumerate(leaves):
+            a = f[f"leaf{i}"]
+            if jax.dtypes.issubdtype(like.dtype, jax.dtypes.prng_key):
+                restored.append(jax.random.wrap_key_data(a, impl=jax.random.key_impl(like)))
+            else:
+                if a.shape != like.shape or a.dtype != like.dtype:
+                    raise ValueError(f"{path}: leaf {i} has {a.shape} {a.dtype}, expected {like.shape} {like.dtype}")
+                restored.append(jax.numpy.asarray(a))
+        return jax.tree.unflatten(treedef, restored), f["losses"]
+
+
+def metrics_of(result: TrainResult, seconds: float) -> dict:
+    ev = result.evaluation
+    return {
+        "adjusted_loss": ev.mean,
+        "loss": ev.mean + result.oracle_loss.mean,
+        "oracle_loss": result.oracle_loss.mean,
+        "seed": result.seed,
+        "steps": result.config.steps,
+        "recoveries": result.recoveries.tolist(),
+        "skipped_steps": result.skipped.tolist(),
+        "evaluation": ev.to_dict(),
+        "validation": [v.to_dict() for v in result.validation],
+        "seconds": seconds,
+    }
+
+
+def is_finished(directory: Path) -> bool:
+    return (Path(directory) / METRICS).exists()
+
+
+def run(config: TrainConfig, directory: Path, resume: bool = True,
+        progress: Callable[[int, np.ndarray], None] | None = None) -> dict:
+    """Train `config` in `directory` and return its metrics. A finished directory is
+    read back, not retrained; with `resume`, a checkpoint there is continued, and
+    without it a checkpoint there is an error (nothing is silently overwritten)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    recorded = directory / CONFIG
+    if recorded.exists():
+        stored = json.loads(recorded.read_text()).get("hash")
+        if stored != config_hash(config):
+            raise ValueError(f"{directory} holds a run of another configuration (hash {stored}); use another --out")
+    if is_finished(directory):
+        if not resume:
+            raise ValueError(f"{directory} holds a finished run; pass --resume to reuse it or choose another --out")
+        return json.loads((directory / METRICS).read_text())
+    checkpoint = directory / CHECKPOINT
+    start = None
+    if checkpoint.exists():
+        if not resume:
+            raise ValueError(f"{directory} holds an unfinished run; pass --resume to continue it")
+        start = load_checkpoint(checkpoint, config)
+    _write_json(recorded, {"config": config.to_dict(), "hash": config_hash(config), "environment": environment()})
+    started = time.perf_counter()
+
+    def on_chunk(state, losses):
+        save_checkpoint(checkpoint, config, state, losses)
+
+    result = train(config, progress, start=start, on_chunk=on_chunk)
+    save_npz(result.params, directory / MODEL)
+    metrics = metrics_of(result, time.perf_counter() - started)
+    _write_json(directory / METRICS, metrics)
+    return metrics
