@@ -77,6 +77,10 @@ def test_select_best_skips_broken_seeds():
         select_best([better_but_broken])
     # a seed that failed in training is never chosen, however good it looks
     assert select_best([ok, Evaluation(0.1, 0.01, 2.0, 0, 0.01, 100)], failed=[False, True]) == 0
+    # a lower mean with a heavy tail loses to a tame seed, but is better than nothing
+    tailed = Evaluation(0.1, 0.01, 1e7, 0, 0.01, 100)
+    assert select_best([ok, tailed], worst_limit=500) == 0
+    assert select_best([tailed], worst_limit=500) == 0
 
 
 def test_a_run_that_cannot_recover_stops_loudly():

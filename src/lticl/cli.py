@@ -197,6 +197,11 @@ def _progress_bar():
     return Progress(*columns, console=err)
 
 
+def _best_loss(losses) -> str:
+    finite = np.asarray(losses)[np.isfinite(losses)]
+    return f"{finite.min():.4f}" if finite.size else "failed step"
+
+
 def _train_run(config, directory: Path, resume: bool, progress: Progress) -> dict:
     """One run in `directory` with a progress bar; one-line errors on bad state."""
     from .runs import run
@@ -204,7 +209,7 @@ def _train_run(config, directory: Path, resume: bool, progress: Progress) -> dic
     task = progress.add_task(f"{config.variant}-{config.layers} {config.noise}", total=config.steps, loss="–")
     try:
         metrics = run(config, directory, resume,
-                      lambda done, losses: progress.update(task, completed=done, loss=f"{float(np.nanmin(losses)):.4f}"))
+                      lambda done, losses: progress.update(task, completed=done, loss=_best_loss(losses)))
     except ValueError as e:
         _fail(str(e))
     progress.update(task, completed=config.steps, visible=False)
@@ -242,9 +247,57 @@ def train(
     with _progress_bar() as progress:
         metrics = _train_run(config, out, resume, progress)
     ev = metrics["evaluation"]
+    if not metrics.get("usable", True):
+        err.print(f"[bold red]warning:[/] no seed trained to a usable model (every seed failed or has non-finite "
+                  f"validation losses); the numbers below are the least broken seed's. See {out}/metrics.json.")
     Console().print(f"adjusted loss {ev['mean']:.4f} ± {ev['sem']:.4f} (worst sequence {ev['worst']:.3g}, "
                     f"{ev['nonfinite']} non-finite) from seed {metrics['seed']}; recoveries {metrics['recoveries']}; "
                     f"wrote {out}/model.npz, metrics.json, config.json")
+
+
+class Target(str, Enum):
+    table1 = "table1"
+    fig1 = "fig1"
+    fig2 = "fig2"
+    fig3 = "fig3"
+    fig4 = "fig4"
+    fig5 = "fig5"
+    fig6 = "fig6"
+    fig7 = "fig7"
+    all = "all"
+
+
+@app.command()
+def reproduce(
+    target: Annotated[Target, typer.Argument(help="What to write: table1, fig1 … fig7, or all.")],
+    out: Annotated[Path, typer.Option(help="Output directory (runs are kept in OUT/runs and reused).")],
+    budget: Annotated[Budget, typer.Option(help="smoke (CI, minutes), laptop (the measured recipe), paper.")] = Budget.laptop,
+    seed: Annotated[int, typer.Option(help="Base seed of every run.")] = 0,
+    seeds: Annotated[Optional[int], typer.Option(min=1, help="Seeds per model. [budget]")] = None,
+    steps: Annotated[Optional[int], typer.Option(min=1, help="Training steps per model. [budget]")] = None,
+) -> None:
+    """Reproduce the paper's Table 1 and Figures 1–7 next to the paper's numbers."""
+    from .reproduce import Reproduction, reproduce as run_target
+
+    started = time.perf_counter()
+    with Progress(*_progress_bar().columns[:3], console=err) as progress:
+        bars = {}
+
+        def report(label, done, total):
+            if label not in bars:
+                bars[label] = progress.add_task(label, total=total, loss="")
+            progress.update(bars[label], completed=done)
+
+        try:
+            rep = Reproduction(out, budget.value, seed=seed, progress=report,
+                               seeds=seeds, steps=steps)
+            written = run_target(target.value, rep)
+        except ValueError as e:
+            _fail(str(e))
+    Console().print(f"wrote {', '.join(p.name for p in written)} to {out} in {time.perf_counter() - started:.0f} s")
+    table = out / "table1.md"
+    if target.value in ("table1", "all") and table.exists():
+        Console().print(table.read_text().splitlines()[2])
 
 
 def main() -> None:

@@ -4,6 +4,7 @@
     DIR/checkpoint.npz    the whole training state after the last finished chunk
     DIR/model.npz         the best seed (io.save_npz's format)    } written when
     DIR/metrics.json      adjusted loss, oracle loss, recoveries… } training ends
+    DIR/seeds.npz         every seed, leading axis K              }
 
 A directory with metrics.json is finished. Every file is written atomically, so a
 run killed at any instant (SIGKILL included) leaves either the previous checkpoint
@@ -25,10 +26,11 @@ import jax
 import numpy as np
 
 from .io import save_npz
+from .model import Params, check_params
 from .provenance import environment
-from .train import TrainConfig, TrainResult, TrainState, init_state, train
+from .train import TrainConfig, TrainResult, TrainState, init_state, train_group
 
-CHECKPOINT, CONFIG, METRICS, MODEL = "checkpoint.npz", "config.json", "metrics.json", "model.npz"
+CHECKPOINT, CONFIG, METRICS, MODEL, SEEDS = "checkpoint.npz", "config.json", "metrics.json", "model.npz", "seeds.npz"
 
 
 def config_hash(config: TrainConfig) -> str:
@@ -92,6 +94,19 @@ def load_checkpoint(path: Path, config: TrainConfig) -> tuple[TrainState, np.nda
         return jax.tree.unflatten(treedef, restored), f["losses"]
 
 
+def save_seeds(path: Path, params: Params) -> None:
+    """Every seed's parameters, stacked on a leading axis, in the library's own layout."""
+    _atomic(Path(path), lambda f: np.savez(f, variant=np.asarray(params.variant), d=np.asarray(params.d),
+                                            p=np.asarray(params.p), q=np.asarray(params.q)))
+
+
+def load_seeds(path: Path) -> Params:
+    with np.load(path, allow_pickle=False) as f:
+        params = Params(str(f["variant"]), int(f["d"]), jax.numpy.asarray(f["p"]), jax.numpy.asarray(f["q"]))
+    check_params(jax.tree.map(lambda a: a[0], params))
+    return params
+
+
 def metrics_of(result: TrainResult, seconds: float) -> dict:
     ev = result.evaluation
     return {
@@ -99,6 +114,7 @@ def metrics_of(result: TrainResult, seconds: float) -> dict:
         "loss": ev.mean + result.oracle_loss.mean,
         "oracle_loss": result.oracle_loss.mean,
         "seed": result.seed,
+        "usable": result.usable,
         "steps": result.config.steps,
         "recoveries": result.recoveries.tolist(),
         "skipped_steps": result.skipped.tolist(),
@@ -112,12 +128,9 @@ def is_finished(directory: Path) -> bool:
     return (Path(directory) / METRICS).exists()
 
 
-def run(config: TrainConfig, directory: Path, resume: bool = True,
-        progress: Callable[[int, np.ndarray], None] | None = None) -> dict:
-    """Train `config` in `directory` and return its metrics. A finished directory is
-    read back, not retrained; with `resume`, a checkpoint there is continued, and
-    without it a checkpoint there is an error (nothing is silently overwritten)."""
-    directory = Path(directory)
+def _prepare(config: TrainConfig, directory: Path, resume: bool):
+    """Check `directory` against `config`: 'finished' metrics, or a start (None or a
+    checkpoint) to train from. Nothing is silently overwritten."""
     directory.mkdir(parents=True, exist_ok=True)
     recorded = directory / CONFIG
     if recorded.exists():
@@ -127,21 +140,46 @@ def run(config: TrainConfig, directory: Path, resume: bool = True,
     if is_finished(directory):
         if not resume:
             raise ValueError(f"{directory} holds a finished run; pass --resume to reuse it or choose another --out")
-        return json.loads((directory / METRICS).read_text())
-    checkpoint = directory / CHECKPOINT
+        return json.loads((directory / METRICS).read_text()), None
     start = None
-    if checkpoint.exists():
+    if (directory / CHECKPOINT).exists():
         if not resume:
             raise ValueError(f"{directory} holds an unfinished run; pass --resume to continue it")
-        start = load_checkpoint(checkpoint, config)
+        start = load_checkpoint(directory / CHECKPOINT, config)
     _write_json(recorded, {"config": config.to_dict(), "hash": config_hash(config), "environment": environment()})
-    started = time.perf_counter()
+    return None, start
 
-    def on_chunk(state, losses):
-        save_checkpoint(checkpoint, config, state, losses)
 
-    result = train(config, progress, start=start, on_chunk=on_chunk)
-    save_npz(result.params, directory / MODEL)
-    metrics = metrics_of(result, time.perf_counter() - started)
-    _write_json(directory / METRICS, metrics)
-    return metrics
+def run_group(runs: list[tuple[TrainConfig, Path]], resume: bool = True,
+              progress: Callable[[int, np.ndarray], None] | None = None) -> list[dict]:
+    """Train configs that share one program (see train.train_group) in their run
+    directories, side by side, and return each one's metrics. Finished directories
+    are read back; with `resume`, checkpoints are continued (grouped by their step)."""
+    prepared = [_prepare(c, Path(d), resume) for c, d in runs]
+    todo = [i for i, (metrics, _) in enumerate(prepared) if metrics is None]
+    by_step: dict[int, list[int]] = {}
+    for i in todo:
+        start = prepared[i][1]
+        by_step.setdefault(0 if start is None else start[1].shape[1], []).append(i)
+    for members in by_step.values():
+        started = time.perf_counter()
+
+        def on_chunk(j, state, losses, members=members):
+            save_checkpoint(Path(runs[members[j]][1]) / CHECKPOINT, runs[members[j]][0], state, losses)
+
+        results = train_group([runs[i][0] for i in members], progress, [prepared[i][1] for i in members], on_chunk)
+        seconds = (time.perf_counter() - started) / len(members)
+        for i, result in zip(members, results):
+            directory = Path(runs[i][1])
+            save_npz(result.params, directory / MODEL)
+            save_seeds(directory / SEEDS, result.all_params)
+            metrics = metrics_of(result, seconds)
+            _write_json(directory / METRICS, metrics)
+            prepared[i] = (metrics, None)
+    return [metrics for metrics, _ in prepared]
+
+
+def run(config: TrainConfig, directory: Path, resume: bool = True,
+        progress: Callable[[int, np.ndarray], None] | None = None) -> dict:
+    """Train `config` in `directory` and return its metrics (see run_group)."""
+    return run_group([(config, directory)], resume, progress)[0]

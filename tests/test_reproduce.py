@@ -1,0 +1,71 @@
+"""`lticl reproduce` end to end at the smoke budget (the CI's reproduction), and the
+table's bookkeeping."""
+
+import csv
+import os
+import subprocess
+import sys
+
+import pytest
+
+from lticl.paper import paper_settings, paper_value
+from lticl.reproduce import FIGURES, needed, tolerance_ok
+
+
+def test_tolerance_rule():
+    assert tolerance_ok(0.049, 0.047) and not tolerance_ok(0.0495, 0.047)
+    assert tolerance_ok(0.0115, 0.010) and not tolerance_ok(0.0125, 0.010)  # + 0.002 below 0.04
+
+
+def test_targets_need_the_runs_they_plot():
+    assert len(needed("table1")) == 3 * 7 * 10
+    assert needed("fig4") == {("full", 4, "categorical:1,3")}
+    assert all(needed(f) <= needed("all") for f in FIGURES)
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke")
+    env = {k: v for k, v in os.environ.items() if k != "JAX_ENABLE_X64"}
+    r = subprocess.run([sys.executable, "-m", "lticl.cli", "reproduce", "all", "--budget", "smoke", "--out", str(out)],
+                       capture_output=True, text=True, env=env, timeout=1500)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out
+
+
+def test_smoke_reproduction_writes_table_and_every_figure(smoke):
+    rows = list(csv.DictReader(open(smoke / "table1.csv")))
+    assert len(rows) == 3 * 7 * 10 + 3 * 10
+    for r in rows:
+        layers = int(r["layers"]) if r["layers"] else None
+        model = {"GD++": "gdpp"}.get(r["model"], r["model"].lower())
+        assert float(r["paper"]) == paper_value(model, r["setting"], layers)
+        if r["ours"] != "nan":
+            assert abs(float(r["ours"]) - float(r["paper"]) - float(r["difference"])) < 1e-9
+    assert {r["setting"] for r in rows} == set(paper_settings())
+    md = (smoke / "table1.md").read_text()
+    assert md.count("\n| ") == len(rows) + 1  # header + one line per cell
+    for f in FIGURES:
+        for ext in ("png", "pdf"):
+            assert (smoke / f"{f}.{ext}").stat().st_size > 5000
+
+
+def test_smoke_depth_helps_and_baselines_hold(smoke):
+    rows = {(r["model"], r["layers"], r["setting"]): float(r["ours"]) for r in csv.DictReader(open(smoke / "table1.csv"))}
+    # Even 60 steps: a 3-layer model beats every 1-layer model at sigma = 0, and the
+    # closed-form baselines match the paper (they do not depend on the budget).
+    assert rows[("FULL", "3", "uniform:0")] < rows[("FULL", "1", "uniform:0")]
+    assert abs(rows[("ADARR", "", "uniform:5")] - paper_value("adarr", "uniform:5")) < 0.01
+
+
+def test_a_finished_reproduction_is_reused(smoke):
+    from lticl.runs import run_name
+    from lticl.train import budget_config
+
+    model = smoke / "runs" / run_name(budget_config("smoke", "full", 4, "categorical:1,3")) / "model.npz"
+    before = model.stat().st_mtime_ns
+    env = {k: v for k, v in os.environ.items() if k != "JAX_ENABLE_X64"}
+    r = subprocess.run([sys.executable, "-m", "lticl.cli", "reproduce", "fig4", "--budget", "smoke", "--out", str(smoke)],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "fig4.png" in r.stdout and model.stat().st_mtime_ns == before  # not retrained
