@@ -152,6 +152,10 @@ class Reproduction:
             out.append(np.asarray(_layer_losses(params, t)))
         return np.stack(out, axis=1)
 
+    def profile(self, key, sigmas) -> np.ndarray:
+        """(len(sigmas), L+1) layer profiles of one run's exported model."""
+        return self.layer_profiles(jax.tree.map(lambda a: a[None], self.params(key)), sigmas)[0]
+
     def baseline_profiles(self, setting: str, sigmas) -> dict[str, np.ndarray]:
         """Adjusted loss vs σ of the baselines tuned on `setting`, and the oracle's loss."""
         fitted = self.fitted_baselines(setting)
@@ -284,15 +288,14 @@ def _profile_figure(rep: Reproduction, settings: list[str], sweep_setting: str, 
     for row, m in enumerate(("diag", "full")):
         ax = axes[row, 0]
         for i, s in enumerate(settings):
-            prof = rep.layer_profiles(jax.tree.map(lambda a: a[None], rep.params((m, 7, s))), sigmas)[0, :, -1]
+            prof = rep.profile((m, 7, s), sigmas)[:, -1]
             ax.plot(sigmas, prof, color=cmap(i / max(1, len(settings) - 1)), label=f"trained on {s}")
             ax.axvline(as_noise(s).sigma_max, color=cmap(i / max(1, len(settings) - 1)), lw=0.5, ls=":")
         ax.set_title(f"{LABEL[m]}, 7 layers, by training noise")
         ax = axes[row, 1]
         sweep_sigmas = rep.sigma_grid(as_noise(sweep_setting).sigma_max)
         for L in range(2, 8):
-            prof = rep.layer_profiles(jax.tree.map(lambda a: a[None], rep.params((m, L, sweep_setting))),
-                                      sweep_sigmas)[0, :, -1]
+            prof = rep.profile((m, L, sweep_setting), sweep_sigmas)[:, -1]
             ax.plot(sweep_sigmas, prof, color=cmap((L - 2) / 5), label=f"L = {L}")
         base = rep.baseline_profiles(sweep_setting, sweep_sigmas)
         ax.plot(sweep_sigmas, base["adarr"], "--", color=COLORS["adarr"], label="ADARR")
@@ -371,7 +374,7 @@ def fig6(rep: Reproduction):
     oracle = base["oracle_loss"]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for m in MODELS:
-        prof = rep.layer_profiles(jax.tree.map(lambda a: a[None], rep.params((m, 7, "uniform:5"))), sigmas)[0, :, -1]
+        prof = rep.profile((m, 7, "uniform:5"), sigmas)[:, -1]
         ax.plot(sigmas, prof + oracle, color=COLORS[m], label=f"{LABEL[m]}-7")
     for b in BASELINE_ROWS:
         ax.plot(sigmas, base[b] + oracle, "--", color=COLORS[b], label=LABEL[b])
@@ -393,7 +396,7 @@ def fig7(rep: Reproduction):
     cmap = plt.get_cmap("viridis")
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5), sharey=True)
     for ax, m in zip(axes, MODELS):
-        prof = rep.layer_profiles(jax.tree.map(lambda a: a[None], rep.params((m, 7, "uniform:5"))), sigmas)[0]
+        prof = rep.profile((m, 7, "uniform:5"), sigmas)
         for l in range(1, 8):
             ax.plot(sigmas, prof[:, l], color=cmap((l - 1) / 6), label=f"layer {l}")
         ax.set_yscale("log")

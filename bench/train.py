@@ -1,0 +1,83 @@
+"""Training throughput in model-steps per second (FULL-7 and DIAG-7, batch 2048,
+uniform:5), all measured in one run so that only ratios are compared:
+
+- tokens:   the literal attention (token form) inside the loss, a Python loop of jitted steps
+- implicit: w^L through the implicit-state recursion (M, u, a, w), scan-fused
+- engine:   lticl.train.run_steps (w^L as one row carried back; DIAG mixes elementwise), scan-fused
+- grid:     run_steps over 4 configs (4 noise settings) vmapped in one call
+
+    python bench/train.py [--steps 20]
+"""
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from lticl.metrics import sequence_loss
+from lticl.model import implicit_state, predict
+from lticl.tasks import sample_tasks
+from lticl.train import TrainConfig, _stack, init_state, run_steps
+
+
+def timed(fn, repeats=1):
+    jax.block_until_ready(fn())
+    start = time.perf_counter()
+    for _ in range(repeats):
+        jax.block_until_ready(fn())
+    return (time.perf_counter() - start) / repeats
+
+
+def baseline_steps(config, steps, kind):
+    """Plain Adam steps with the given forward, for the tokens and implicit rows."""
+    state = init_state(config)
+    params = jax.tree.map(lambda a: a[0], state.params)
+    opt = optax.adam(1e-4)
+
+    def loss(p, key):
+        t = sample_tasks(key, config.noise, config.batch, config.n, config.d)
+        if kind == "tokens":
+            return 0.5 * jnp.mean((predict(p, t.x, t.y, t.x_query, form="tokens") - t.y_query) ** 2)
+        return jnp.mean(sequence_loss(implicit_state(p, t.x, t.y).w[-1], t.w))
+
+    @jax.jit
+    def step(p, o, i):
+        g = jax.grad(loss)(p, jax.random.fold_in(jax.random.key(0), i))
+        u, o = opt.update(g, o)
+        return optax.apply_updates(p, u), o
+
+    @jax.jit
+    def fused(p, o):
+        return jax.lax.scan(lambda c, i: (step(*c, i), None), (p, o), jnp.arange(steps))[0]
+
+    o = opt.init(params)
+    if kind == "tokens":
+        def run():
+            p, oo = params, o
+            for i in range(steps):
+                p, oo = step(p, oo, i)
+            return p
+        return timed(run)
+    return timed(lambda: fused(params, o))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=20)
+    args = ap.parse_args()
+    print(f"JAX {jax.__version__} on {jax.devices()[0].platform}; {args.steps} steps per measurement")
+    for variant in ("full", "diag"):
+        config = TrainConfig(variant, 7, "uniform:5", steps=10_000)
+        rows = {k: args.steps / baseline_steps(config, args.steps, k) for k in ("tokens", "implicit")}
+        state = init_state(config)
+        rows["engine"] = args.steps / timed(lambda: run_steps(config, state, args.steps)[1])
+        grid = _stack([init_state(TrainConfig(variant, 7, f"uniform:{s}", steps=10_000)) for s in (1, 3, 5, 7)])
+        rows["grid (4 configs)"] = 4 * args.steps / timed(lambda: run_steps(config, grid, args.steps)[1])
+        for name, rate in rows.items():
+            print(f"{variant}-7  {name:17s} {rate:6.1f} model-steps/s  {rate / rows['tokens']:5.2f}x tokens")
+
+
+if __name__ == "__main__":
+    main()
