@@ -189,11 +189,11 @@ class Budget(str, Enum):
     paper = "paper"
 
 
-def _progress_bar():
+def _progress_bar(loss: bool = True) -> Progress:
     from rich.progress import BarColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("step {task.completed}/{task.total}"),
-               TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn()]
+               *([TextColumn("loss {task.fields[loss]}")] if loss else []), TimeElapsedColumn(), TimeRemainingColumn()]
     return Progress(*columns, console=err)
 
 
@@ -280,12 +280,12 @@ def reproduce(
     from .reproduce import Reproduction, reproduce as run_target
 
     started = time.perf_counter()
-    with Progress(*_progress_bar().columns[:3], console=err) as progress:
+    with _progress_bar(loss=False) as progress:
         bars = {}
 
         def report(label, done, total):
             if label not in bars:
-                bars[label] = progress.add_task(label, total=total, loss="")
+                bars[label] = progress.add_task(label, total=total)
             progress.update(bars[label], completed=done)
 
         try:

@@ -30,7 +30,7 @@ from .noise import Fixed, as_noise
 from .paper import PAPER_D, PAPER_N, paper_settings, paper_value
 from .provenance import environment
 from .runs import MODEL, SEEDS, load_seeds, run_group, run_name
-from .tasks import data_key, sample_tasks, task_chunks
+from .tasks import data_key, sample_tasks, stack_chunks, task_chunks
 from .train import BUDGETS, TrainConfig, budget_config
 
 FIGURES = tuple(f"fig{i}" for i in range(1, 8))
@@ -123,8 +123,7 @@ class Reproduction:
         for s in settings:
             if s in cached:
                 continue
-            tune = _stack(task_chunks(data_key(self.seed, s, "tune"), s, sequences, PAPER_N, PAPER_D))
-            fitted = fit(BASELINE_ROWS, tune)
+            fitted = self.fitted_baselines(s)
             ev = evaluate(fitted, data_key(self.seed, s, "evaluation"), s, sequences, PAPER_N, PAPER_D)
             cached[s] = {m: ev[m].to_dict() for m in BASELINE_ROWS}
             cached[s]["tuned"] = {m: fitted[m].tuned for m in BASELINE_ROWS}
@@ -133,9 +132,10 @@ class Reproduction:
         return {s: {m: cached[s][m]["mean"] for m in BASELINE_ROWS} for s in settings}
 
     def fitted_baselines(self, setting: str):
+        """CONSTRR, ADARR, TUNEDRR tuned on `setting`'s tune stream."""
         sequences = self.config("full", 1, "uniform:5").evaluation_sequences
-        tune = _stack(task_chunks(data_key(self.seed, setting, "tune"), setting, sequences, PAPER_N, PAPER_D))
-        return fit(("constrr", "adarr", "tunedrr"), tune)
+        tune = stack_chunks(task_chunks(data_key(self.seed, setting, "tune"), setting, sequences, PAPER_N, PAPER_D))
+        return fit(BASELINE_ROWS, tune)
 
     # ------------------------------------------------------------------ profiles
 
@@ -166,12 +166,6 @@ class Reproduction:
             for m, e in ev.items():
                 rows[m].append(e.mean)
         return {m: np.array(v) for m, v in rows.items()}
-
-
-def _stack(chunks):
-    from .tasks import stack_chunks
-
-    return stack_chunks(chunks)
 
 
 @jax.jit
@@ -351,7 +345,7 @@ def fig5(rep: Reproduction):
     layers = np.arange(0, 8)
     for m in MODELS:
         seeds = rep.seeds((m, 7, "uniform:5"))
-        prof = _layer_losses(seeds, _stack(task_chunks(data_key(rep.seed, "uniform:5", "evaluation"), "uniform:5",
+        prof = _layer_losses(seeds, stack_chunks(task_chunks(data_key(rep.seed, "uniform:5", "evaluation"), "uniform:5",
                                                        rep.profile_sequences, PAPER_N, PAPER_D)))
         prof = np.asarray(prof)
         mean, lo, hi = prof.mean(0), prof.min(0), prof.max(0)

@@ -292,17 +292,20 @@ def select_best(validation: list[Evaluation], failed=None, worst_limit: float = 
 
 
 @jax.jit
-def _adjusted_losses(params: Params, tasks) -> Array:
-    """(K, B) per-sequence adjusted loss of K stacked models on the same sequences."""
+def _adjusted_losses(params: Params, tasks) -> tuple[Array, Array]:
+    """Per-sequence adjusted loss (K, B) of K stacked models on the same sequences,
+    and the oracle's own loss (B,)."""
     model = jax.vmap(lambda p: sequence_loss(_final_weights(p, tasks.x, tasks.y), tasks.w))(params)
-    return model - oracle_loss(tasks)
+    oracle = oracle_loss(tasks)
+    return model - oracle, oracle
 
 
-def evaluate_models(params: Params, key: Array, noise, sequences: int, n: int) -> list[Evaluation]:
+def evaluate_models(params: Params, key: Array, noise, sequences: int, n: int) -> tuple[list[Evaluation], Evaluation]:
     """Adjusted loss of each of K models stacked on a leading axis, all on the same
-    fresh sequences; one compiled program per model shape."""
-    parts = [np.asarray(_adjusted_losses(params, t)) for t in task_chunks(key, noise, sequences, n, params.d)]
-    return [Evaluation.of(v) for v in np.concatenate(parts, axis=1)]
+    fresh sequences, and the oracle's loss there; one compiled program per model shape."""
+    parts = [jax.device_get(_adjusted_losses(params, t)) for t in task_chunks(key, noise, sequences, n, params.d)]
+    adjusted = np.concatenate([a for a, _ in parts], axis=1)
+    return [Evaluation.of(v) for v in adjusted], Evaluation.of(np.concatenate([o for _, o in parts]))
 
 
 def _stack(trees):
@@ -366,8 +369,8 @@ def train_group(
     for i, c in enumerate(configs):
         all_params = parts(final, i)
         rec, skip = (np.asarray(a)[bounds[i]:bounds[i + 1]] for a in (state.recoveries, state.skipped))
-        validation = evaluate_models(all_params, data_key(c.seed, c.noise, "validation"), c.noise,
-                                     c.validation_sequences, c.n)
+        validation, _ = evaluate_models(all_params, data_key(c.seed, c.noise, "validation"), c.noise,
+                                        c.validation_sequences, c.n)
         try:
             best, usable = select_best(validation, rec >= c.max_recoveries, c.explode * c.d / 2), True
         except RuntimeError:
@@ -375,11 +378,9 @@ def train_group(
             # result says usable=False and its evaluation shows the non-finite losses.
             best, usable = min(range(c.seeds), key=lambda k: (validation[k].nonfinite, bool(rec[k] >= c.max_recoveries))), False
         params = jax.tree.map(lambda a: a[best], all_params)
-        ev_key = data_key(c.seed, c.noise, "evaluation")
-        evaluation = evaluate_models(jax.tree.map(lambda a: a[None], params), ev_key, c.noise,
-                                     c.evaluation_sequences, c.n)[0]
-        oracle = Evaluation.of(np.concatenate([np.asarray(oracle_loss(t))
-                                               for t in task_chunks(ev_key, c.noise, c.evaluation_sequences, c.n, c.d)]))
+        (evaluation,), oracle = evaluate_models(jax.tree.map(lambda a: a[None], params),
+                                                data_key(c.seed, c.noise, "evaluation"), c.noise,
+                                                c.evaluation_sequences, c.n)
         results.append(TrainResult(c, params, best, all_params, history[bounds[i]:bounds[i + 1]], rec, skip,
                                    validation, evaluation, oracle, usable))
     return results
