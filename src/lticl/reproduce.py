@@ -275,7 +275,7 @@ def fig1(rep: Reproduction):
 
 def _profile_figure(rep: Reproduction, settings: list[str], sweep_setting: str, name: str, title: str):
     plt = _plt()
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5), layout="constrained")
     cmap = plt.get_cmap("viridis")
     top = max(as_noise(s).sigma_max for s in settings)
     sigmas = rep.sigma_grid(top)
@@ -349,7 +349,7 @@ def fig5(rep: Reproduction):
                                                        rep.profile_sequences, PAPER_N, PAPER_D)))
         prof = np.asarray(prof)
         mean, lo, hi = prof.mean(0), prof.min(0), prof.max(0)
-        ax.plot(layers, mean, "o-", color=COLORS[m], label=f"{LABEL[m]} ({prof.shape[0]} seeds)")
+        ax.plot(layers, mean, "o-", color=COLORS[m], label=f"{LABEL[m]} ({prof.shape[0]} seed{'s' if prof.shape[0] > 1 else ''})")
         ax.fill_between(layers, lo, hi, color=COLORS[m], alpha=0.2)
     ax.set_yscale("log")
     ax.set_xlabel("layer l (prediction <w^l, x>)")
