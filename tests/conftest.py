@@ -2,6 +2,10 @@
 library keeps the dtype of its inputs. The CLI tests run lticl in a subprocess
 with JAX's default (float32 only), so both configurations are exercised."""
 
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -23,3 +27,18 @@ def gd_like_params(key, variant, layers, d, heads, n, dtype=jnp.float64):
 @pytest.fixture
 def key():
     return jax.random.key(0)
+
+
+def run_cli(*args, timeout=600):
+    """`lticl ARGS` in a subprocess with JAX's defaults (float32 only)."""
+    env = {k: v for k, v in os.environ.items() if k != "JAX_ENABLE_X64"}
+    return subprocess.run([sys.executable, "-m", "lticl.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def assert_one_line_error(r, match):
+    """The CLI failed with exit code 2 and one stderr line naming the problem."""
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and match in lines[0], r.stderr
+    assert "Traceback" not in r.stderr

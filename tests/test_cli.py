@@ -1,19 +1,12 @@
 """The CLI runs in a subprocess with JAX's defaults (float32 only)."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
+from conftest import assert_one_line_error
+from conftest import run_cli as lticl
 from lticl.paper import paper_settings, paper_value
-
-
-def lticl(*args, timeout=600):
-    env = {k: v for k, v in os.environ.items() if k != "JAX_ENABLE_X64"}
-    return subprocess.run([sys.executable, "-m", "lticl.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
 
 
 def test_baselines_match_the_paper_at_a_small_budget(tmp_path):
@@ -51,10 +44,7 @@ def test_baselines_match_the_paper_at_a_small_budget(tmp_path):
 )
 def test_bad_arguments_give_one_line_errors(args, match):
     r = lticl("baselines", "--sequences", "10", "--tune-sequences", "10", *args)
-    assert r.returncode == 2
-    lines = [line for line in r.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:") and match in lines[0], r.stderr
-    assert "Traceback" not in r.stderr
+    assert_one_line_error(r, match)
 
 
 def test_help():

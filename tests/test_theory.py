@@ -1,12 +1,17 @@
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import lticl
+from conftest import assert_one_line_error, run_cli
 from lticl import baselines as bl
-from lticl.theory import best_one_step_size
+from lticl import theory
 from lticl.tasks import stack_chunks
+from lticl.theory import best_one_step_size
+from lticl.train import TrainConfig, train
 
 
 def test_best_one_layer_loss_is_the_papers_number():
@@ -34,3 +39,90 @@ def test_bad_arguments():
         lticl.best_one_layer_loss(20, 10, -1)
     with pytest.raises(ValueError, match="n must be >= 1"):
         lticl.best_one_layer_loss(0, 10)
+
+
+# ------------------------------------------------------------------ SPEC §8, executable
+
+
+def test_thm42_no_layer_output_aligns_with_a_quadratic_feature():
+    """Random models, a perturbed GD model and a trained one: on noiseless data with
+    n = 5000 ≫ d = 10 every layer's |cos(y^l, x(1)²)| ≤ 0.1, and never above the
+    column-space bound that Thm 4.2's argument gives."""
+    trained = train(TrainConfig("full", 2, "uniform:1", batch=256, steps=100, chunk=50, seeds=1,
+                                validation_sequences=500, evaluation_sequences=500)).params
+    models = {**theory.default_thm42_models(), "trained FULL-2": trained}
+    rows = theory.thm42(models, sequences=8)
+    assert {r["model"] for r in rows} == set(models)
+    for r in rows:
+        assert np.isfinite(r["max_abs_cos"]), r
+        assert r["max_abs_cos"] <= 0.1, r
+        assert r["max_abs_cos"] <= r["bound_max"] + 1e-9, r
+    # the bound shrinks like 1/√n: at n = 50 it is far above 0.1, so n ≫ d matters
+    assert theory.thm42(models, n=50, sequences=8)[0]["bound_max"] > 0.2
+
+
+def test_thm51_layers_grow_like_log_kappa_plus_log_log_inverse_epsilon():
+    rows = theory.thm51()
+    layers = {(r["kappa"], r["epsilon"]): r["layers"] for r in rows}
+    kappas = sorted({k for k, _ in layers})
+    epsilons = sorted({e for _, e in layers}, reverse=True)  # 1e-1, 1e-2, 1e-4, 1e-8: each the square of the last
+    for k in kappas:
+        for e0, e1 in zip(epsilons, epsilons[1:]):
+            # squaring ε costs at most 2 more layers (doubly exponential convergence)
+            assert 0 <= layers[(k, e1)] - layers[(k, e0)] <= 2, (k, e0, e1)
+    for e in epsilons:
+        for k0, k1 in zip(kappas, kappas[1:]):
+            # 10× the condition number costs about log 10 / log(9/4) ≈ 2.8 more layers
+            assert 1 <= layers[(k1, e)] - layers[(k0, e)] <= 4, (e, k0, k1)
+    for r in rows:
+        # the model's measured error is the construction's closed-form bound
+        assert r["error"] == pytest.approx(r["bound"], rel=0.1, abs=1e-11), r
+        assert r["gd_steps"] > r["layers"]
+    big = [r for r in rows if r["kappa"] == max(kappas) and r["epsilon"] == min(epsilons)][0]
+    assert big["gd_steps"] > 1000 * big["layers"]
+
+
+def test_thm52_two_layers_converge_to_ridge_for_both_noise_levels():
+    rows = theory.thm52(ns=(10, 100, 1000, 10_000), sequences=16)
+    for sigma in (1.0, 3.0):
+        err = [r["model_vs_ridge"] for r in rows if r["sigma"] == sigma]
+        # squared relative error falls like 1/n: about 10× per decade
+        assert all(4 < a / b < 25 for a, b in zip(err, err[1:])), (sigma, err)
+        assert err[-1] < 3e-3
+    # one GD step alone cannot serve both noise levels: at σ = 3 it stays far off
+    assert min(r["one_gd_step_vs_ridge"] for r in rows if r["sigma"] == 3.0) > 1
+
+
+def test_sec53_the_step_shrinks_with_noise():
+    rows = theory.sec53(sequences=2000)
+    for r in rows:
+        assert r["identity_rel_error"] < 1e-10
+    for key in ("step_exact", "step_noise_part"):
+        steps = [r[key] for r in rows]
+        assert all(a > b for a, b in zip(steps, steps[1:])), key
+    assert all(r["loss_model"] < r["loss_plain_gd_step"] for r in rows if r["sigma"] >= 2)
+
+
+def test_two_noise_omegas_solve_the_papers_equations():
+    for n in (10, 1000):
+        w_yx, w_yy = theory.two_noise_omegas(1.0, 3.0, n)
+        for s in (1.0, 3.0):
+            assert (1 + n * s**2 * w_yy) * -w_yx == pytest.approx(1 / (1 + s**2))
+    with pytest.raises(ValueError, match="two different"):
+        theory.two_noise_omegas(2.0, 2.0, 10)
+
+
+def test_diag_model_rejects_what_one_head_cannot_hold():
+    with pytest.raises(ValueError, match="one head cannot hold"):
+        theory.diag_model(3, [{"omega_xx": 1.0, "omega_yx": 1.0}])
+    with pytest.raises(ValueError, match="unknown"):
+        theory.diag_model(3, [{"omega_zz": 1.0}])
+
+
+def test_theory_cli(tmp_path):
+    r = run_cli("theory", "sec53", "--format", "json")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)
+    assert [row["sigma"] for row in rows] == [0, 1, 2, 3, 4, 5, 6]
+    assert_one_line_error(run_cli("theory", "thm51", "--model", tmp_path / "m.npz"), "thm42 only")
+    assert_one_line_error(run_cli("theory", "thm99"), "thm99")

@@ -5,7 +5,9 @@ Notation follows SPEC.md: tokens e_i = (x_i, y_i), layers e ← e + Σ_k P_k G Q
 prediction ŷ = −y_query; G = [[Σ, α], [αᵀ, λ]].
 """
 
-from . import baselines, metrics, paper
+from . import baselines, inspection, metrics, paper, theory
+from .algorithm import algorithm
+from .inspection import inspect_model, momentum_terms
 from .io import load_npz, save_npz
 from .metrics import Evaluation, adjusted_loss, evaluate, per_layer_profile, per_variance_profile, sequence_loss
 from .model import (
@@ -19,6 +21,7 @@ from .model import (
     init_params,
     omegas,
     predict,
+    truncate,
     weights,
 )
 from .noise import Categorical, Custom, Fixed, NoiseDistribution, Uniform, as_noise, parse_noise
@@ -40,6 +43,7 @@ __all__ = [
     "Tasks",
     "Uniform",
     "adjusted_loss",
+    "algorithm",
     "as_noise",
     "baselines",
     "best_one_layer_loss",
@@ -48,8 +52,11 @@ __all__ = [
     "gd_init",
     "implicit_state",
     "init_params",
+    "inspect_model",
+    "inspection",
     "load_npz",
     "metrics",
+    "momentum_terms",
     "omegas",
     "paper",
     "parse_noise",
@@ -60,5 +67,7 @@ __all__ = [
     "save_npz",
     "sequence_loss",
     "task_chunks",
+    "theory",
+    "truncate",
     "weights",
 ]

@@ -36,7 +36,7 @@ class Format(str, Enum):
 
 
 def _fail(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)  # one line, however long
     raise typer.Exit(2)
 
 
@@ -298,6 +298,186 @@ def reproduce(
     table = out / "table1.md"
     if target.value in ("table1", "all") and table.exists():
         Console().print(table.read_text().splitlines()[2])
+
+
+# ---------------------------------------------------------------------- look inside
+
+
+def _out() -> Console:
+    """Stdout console; when piped, wide enough that tables are not cut to 80 columns."""
+    console = Console()
+    return console if console.is_terminal else Console(width=200)
+
+
+def _num(v) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+        return str(v)
+    if isinstance(v, float):
+        if not np.isfinite(v):
+            return str(v)
+        return f"{v:.4g}"
+    return str(v)
+
+
+def _rows_table(rows: list[dict], title: str, columns: list[str] | None = None) -> Table:
+    columns = columns or list(rows[0])
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
+    for i, c in enumerate(columns):
+        table.add_column(c, justify="left" if i == 0 else "right", no_wrap=i == 0)
+    for r in rows:
+        table.add_row(*(_num(r.get(c)) for c in columns))
+    return table
+
+
+def _rows_markdown(rows: list[dict], title: str, columns: list[str] | None = None) -> str:
+    columns = columns or list(rows[0])
+    lines = [f"{title}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return "\n".join(lines + ["| " + " | ".join(_num(r.get(c)) for c in columns) + " |" for r in rows]) + "\n"
+
+
+def _load_model(path: Path):
+    from .io import load_npz
+
+    try:
+        return load_npz(path)
+    except FileNotFoundError:
+        _fail(f"{path}: no such model file")
+    except ValueError as e:
+        _fail(str(e))
+
+
+@app.command()
+def inspect(
+    model: Annotated[Path, typer.Argument(help="A model.npz (as written by lticl train).")],
+    noise: Annotated[str, typer.Option(help="Noise setting of the per-layer profile, e.g. uniform:5.")] = "uniform:5",
+    sequences: Annotated[int, typer.Option(min=2, help="Fresh sequences for the per-layer profile.")] = 10_000,
+    n: Annotated[int, typer.Option(min=1, help="Context points per sequence.")] = 20,
+    seed: Annotated[int, typer.Option(help="Seed of the profile's sequences.")] = 0,
+    rank_tol: Annotated[float, typer.Option(min=0.0, help="FULL: remainder singular values above this × ‖M‖₂ count in its rank.")] = 0.1,
+    format: Annotated[Format, typer.Option("--format", help="table for people, json for machines.")] = Format.table,
+    out: Annotated[Optional[Path], typer.Option(help="Also write inspect.json, heatmaps.{png,pdf} and, for DIAG/GD++, momentum.{png,pdf} here.")] = None,
+) -> None:
+    """ω per layer, how diagonal a FULL model is, and the adjusted loss after each layer."""
+    import jax
+
+    from .inspection import heatmap_figure, inspect_model, momentum_figure, momentum_profile
+    from .plotting import save
+
+    params = _load_model(model)
+    try:
+        ins = inspect_model(params, noise, sequences, n, jax.random.key(seed), rank_tol)
+    except ValueError as e:
+        _fail(str(e))
+    record = ins.to_dict()
+    if format is Format.json:
+        print(json.dumps(record, indent=2))
+    else:
+        rows = []
+        for l in range(ins.layers):
+            row = {"layer": l + 1, **dict(zip(("ω_xx", "ω_xy", "ω_yx", "ω_yy"), ins.omega[l].tolist())),
+                   "adjusted loss": ins.layer_adjusted_loss[l].mean}
+            if ins.P is not None:
+                row.update({"P diag share": float(ins.P.fraction[l]), "P rest rank": int(ins.P.rank[l]),
+                            "Q diag share": float(ins.Q.fraction[l]), "Q rest rank": int(ins.Q.rank[l])})
+            else:
+                row["head |ω_xx ω_yy − ω_xy ω_yx|"] = float(ins.rank_one_gap[l].max())
+            rows.append(row)
+        what = "of the nearest DIAG model" if ins.P is not None else "summed over heads"
+        _out().print(_rows_table(rows, f"{model}: {ins.variant.upper()}, {ins.layers} layers, {ins.heads} head(s); "
+                                          f"ω {what}; adjusted loss of <w^l, x> on {ins.noise} ({ins.sequences} sequences)"))
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "inspect.json").write_text(json.dumps(record, indent=2))
+        written = save(heatmap_figure(params, f"{model.name}: Q^l (top) and P^l (bottom)"), out, "heatmaps")
+        if params.variant != "full":
+            top = float(np.ceil(_noise_max(ins.noise))) + 2
+            prof = momentum_profile(params, np.linspace(0, top, 9), 2000, n, jax.random.key(seed))
+            written += save(momentum_figure(prof, f"{model.name}: the momentum view (Lemma 4.4) against σ"), out, "momentum")
+        err.print(f"wrote inspect.json, {', '.join(p.name for p in written)} to {out}")
+
+
+def _noise_max(spec: str) -> float:
+    from .algorithm import _max_sigma
+    from .noise import parse_noise
+
+    return _max_sigma(parse_noise(spec))
+
+
+@app.command()
+def compare(
+    model: Annotated[Path, typer.Argument(help="A model.npz (as written by lticl train).")],
+    noise: Annotated[str, typer.Option(help="The noise the model was trained on (tunes TUNEDRR and GD, sets the held-out σ).")] = "uniform:5",
+    problems: Annotated[int, typer.Option(min=2, help="Problems per held-out set.")] = 2000,
+    trained_n: Annotated[int, typer.Option(min=1, help="The n the model was trained on (for the rescaled variant).")] = 20,
+    seed: Annotated[int, typer.Option(help="Seed of the held-out problems.")] = 2,
+    format: Annotated[Format, typer.Option("--format", help="table for people, json for machines.")] = Format.table,
+    out: Annotated[Optional[Path], typer.Option(help="Also write compare.json and compare.md here.")] = None,
+) -> None:
+    """The model's learned algorithm as a solver, against OLS, ADARR, TUNEDRR and GD on held-out problems."""
+    from .algorithm import algorithm, baseline_solvers, compare as run_compare, default_problem_sets
+
+    params = _load_model(model)
+    try:
+        solvers = {"model": algorithm(params), "model, G·n₀/n": algorithm(params, trained_n),
+                   **baseline_solvers(noise, params.layers, trained_n, params.d)}
+        rows = run_compare(solvers, default_problem_sets(noise, params.d, problems, seed))
+    except ValueError as e:
+        _fail(str(e))
+    title = (f"{model}: mean loss on held-out problems (synthetic: ½‖ŵ − w‖²; diabetes: ½ mean squared error on "
+             f"the points left out, standardised target); n₀ = {trained_n}")
+    columns = ["problems", *solvers, "oracle"]
+    if format is Format.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        _out().print(_rows_table(rows, title, columns))
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "compare.json").write_text(json.dumps(rows, indent=2))
+        (out / "compare.md").write_text(_rows_markdown(rows, title, columns))
+        err.print(f"wrote compare.json and compare.md to {out}")
+
+
+class Theorem(str, Enum):
+    thm42 = "thm42"
+    thm51 = "thm51"
+    thm52 = "thm52"
+    sec53 = "sec53"
+
+
+_THEORY_TITLES = {
+    "thm42": "Thm 4.2: |cos| between layer outputs y^l and (x_i(1)²)_i on noiseless data (bound: best any X c can do)",
+    "thm51": "Thm 5.1: layers of GD++ (preconditioning, then one GD step) to relative error ε, against GD's steps",
+    "thm52": "Thm 5.2: 2-layer model for σ ∈ {σ1, σ2}, x ~ N(0, I/n): mean ‖w² − w_ridge‖²/‖w_ridge‖²",
+    "sec53": "§5.3: ω_xy layer then GD layer = GD step −ω_yx(1 + ω_xy λ), λ = ρ + w_olsᵀΣw_ols; noise part −ω_yx(1 + ω_xy ρ)",
+}
+
+
+@app.command()
+def theory(
+    theorem: Annotated[Theorem, typer.Argument(help="thm42, thm51, thm52 or sec53 (SPEC §8).")],
+    model: Annotated[Optional[list[Path]], typer.Option(help="thm42: model.npz file(s) to check besides the random ones.")] = None,
+    format: Annotated[Format, typer.Option("--format", help="table for people, json for machines.")] = Format.table,
+) -> None:
+    """Check one of the paper's theorems numerically (float64) and print the table."""
+    from . import theory as th
+
+    kwargs = {}
+    if model:
+        if theorem is not Theorem.thm42:
+            raise typer.BadParameter("--model applies to thm42 only", param_hint="--model")
+        kwargs["models"] = {**th.default_thm42_models(), **{str(p): _load_model(p) for p in model}}
+    started = time.perf_counter()
+    try:
+        rows = getattr(th, theorem.value)(**kwargs)
+    except ValueError as e:
+        _fail(str(e))
+    if format is Format.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        _out().print(_rows_table(rows, _THEORY_TITLES[theorem.value]))
+        err.print(f"{time.perf_counter() - started:.1f} s")
 
 
 def main() -> None:

@@ -93,6 +93,14 @@ def check_params(params: Params) -> Params:
     return params
 
 
+def truncate(params: Params, layers: int) -> Params:
+    """The model made of the first `layers` layers (its prediction is <w^layers, x_query>)."""
+    check_params(params)
+    if not 1 <= int(layers) <= params.layers:
+        raise ValueError(f"can truncate to 1..{params.layers} layers, not {layers}")
+    return Params(params.variant, params.d, params.p[: int(layers)], params.q[: int(layers)])
+
+
 def init_params(
     key: Array,
     variant: str,
@@ -219,8 +227,9 @@ def _forward_tokens(params: Params, x, y, x_query) -> Array:
     return -e[:, -1, -1]
 
 
-def layer_mixes(params: Params, G0: Array) -> Array:
-    """K^l = Σ_k P_k G^l Q_k for l = 0..L-1, propagating G^{l+1} = T G Tᵀ: (L, B, D, D)."""
+def layer_grams(params: Params, G0: Array) -> tuple[Array, Array]:
+    """(G^l, K^l = Σ_k P_k G^l Q_k) for l = 0..L-1, each (L, B, D, D), propagating
+    G^{l+1} = T^l G^l T^lᵀ with T^l = I + K^l."""
     eye = jnp.eye(G0.shape[-1], dtype=G0.dtype)
 
     per_layer, mix = _layer_mixers(params)
@@ -228,10 +237,15 @@ def layer_mixes(params: Params, G0: Array) -> Array:
     def layer(G, theta):
         K = mix(theta, G)
         T = eye + K
-        return T @ G @ jnp.swapaxes(T, -1, -2), K
+        return T @ G @ jnp.swapaxes(T, -1, -2), (G, K)
 
-    _, K = jax.lax.scan(layer, G0, per_layer)
-    return K
+    _, GK = jax.lax.scan(layer, G0, per_layer)
+    return GK
+
+
+def layer_mixes(params: Params, G0: Array) -> Array:
+    """K^l = Σ_k P_k G^l Q_k for l = 0..L-1: (L, B, D, D)."""
+    return layer_grams(params, G0)[1]
 
 
 def _final_weights(params: Params, x, y) -> Array:

@@ -27,7 +27,9 @@ from .io import load_npz
 from .metrics import Evaluation, evaluate, oracle_loss, sequence_loss
 from .model import Params, _implicit
 from .noise import Fixed, as_noise
+from .inspection import heatmap_figure
 from .paper import PAPER_D, PAPER_N, paper_settings, paper_value
+from .plotting import pyplot, save
 from .provenance import environment
 from .runs import MODEL, SEEDS, load_seeds, run_group, run_name
 from .tasks import data_key, sample_tasks, stack_chunks, task_chunks
@@ -226,23 +228,6 @@ def _fmt(v: float) -> str:
 # ---------------------------------------------------------------------- figures
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, out: Path, name: str) -> list[Path]:
-    paths = [out / f"{name}.png", out / f"{name}.pdf"]
-    for p in paths:
-        fig.savefig(p, dpi=130, bbox_inches="tight")
-    _plt().close(fig)
-    return paths
-
-
 COLORS = {"gdpp": "tab:green", "diag": "tab:blue", "full": "tab:red", "constrr": "0.5", "adarr": "tab:orange",
           "tunedrr": "tab:purple", "oracle": "k"}
 
@@ -250,7 +235,7 @@ COLORS = {"gdpp": "tab:green", "diag": "tab:blue", "full": "tab:red", "constrr":
 def fig1(rep: Reproduction):
     """Adjusted loss vs number of layers for each noise setting: ours (solid), the
     paper's (dotted), and the baselines (horizontal lines)."""
-    plt = _plt()
+    plt = pyplot()
     rep.train(needed("fig1"))
     base = rep.baselines(paper_settings())
     fig, axes = plt.subplots(2, 5, figsize=(17, 6.5), sharex=True)
@@ -270,11 +255,11 @@ def fig1(rep: Reproduction):
     axes[1, 0].set_ylabel("adjusted loss")
     axes[0, -1].legend(fontsize=7, loc="upper right")
     fig.suptitle(f"Figure 1: adjusted loss vs depth (budget {rep.budget})")
-    return _save(fig, rep.out, "fig1")
+    return save(fig, rep.out, "fig1")
 
 
 def _profile_figure(rep: Reproduction, settings: list[str], sweep_setting: str, name: str, title: str):
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(2, 2, figsize=(12, 8.5), layout="constrained")
     cmap = plt.get_cmap("viridis")
     top = max(as_noise(s).sigma_max for s in settings)
@@ -302,7 +287,7 @@ def _profile_figure(rep: Reproduction, settings: list[str], sweep_setting: str, 
             ax.set_ylabel("adjusted loss")
             ax.legend(fontsize=7)
     fig.suptitle(f"{title} (budget {rep.budget})")
-    return _save(fig, rep.out, name)
+    return save(fig, rep.out, name)
 
 
 def fig2(rep: Reproduction):
@@ -319,27 +304,15 @@ def fig3(rep: Reproduction):
 
 def fig4(rep: Reproduction):
     """Heat maps of the learned Q^l and P^l of a 4-layer FULL model trained on {1,3}."""
-    plt = _plt()
     key = ("full", 4, "categorical:1,3")
     rep.train({key})
-    params = rep.params(key)
-    P, Q = np.asarray(params.p[:, 0]), np.asarray(params.q[:, 0])
-    fig, axes = plt.subplots(2, P.shape[0], figsize=(3.2 * P.shape[0], 6.4))
-    for row, (name, mats) in enumerate((("Q", Q), ("P", P))):
-        for l, ax in enumerate(axes[row]):
-            lim = np.max(np.abs(mats[l]))
-            im = ax.imshow(mats[l], cmap="RdBu_r", vmin=-lim, vmax=lim)
-            ax.set_title(f"{name}^{l + 1}")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.suptitle(f"Figure 4: FULL, 4 layers, trained on categorical {{1,3}} (budget {rep.budget})")
-    return _save(fig, rep.out, "fig4")
+    fig = heatmap_figure(rep.params(key), f"Figure 4: FULL, 4 layers, trained on categorical {{1,3}} (budget {rep.budget})")
+    return save(fig, rep.out, "fig4")
 
 
 def fig5(rep: Reproduction):
     """Per-layer profile of 7-layer models trained on U(0,5): mean and spread over seeds."""
-    plt = _plt()
+    plt = pyplot()
     rep.train(needed("fig5"))
     fig, ax = plt.subplots(figsize=(7, 4.5))
     layers = np.arange(0, 8)
@@ -356,12 +329,12 @@ def fig5(rep: Reproduction):
     ax.set_ylabel("adjusted loss")
     ax.legend()
     ax.set_title(f"Figure 5: per-layer profile, 7-layer models on U(0, 5) (budget {rep.budget})")
-    return _save(fig, rep.out, "fig5")
+    return save(fig, rep.out, "fig5")
 
 
 def fig6(rep: Reproduction):
     """Unadjusted loss vs σ of the 7-layer models trained on U(0,5) and the baselines."""
-    plt = _plt()
+    plt = pyplot()
     rep.train(needed("fig6"))
     sigmas = rep.sigma_grid(5.0)
     base = rep.baseline_profiles("uniform:5", sigmas)
@@ -379,12 +352,12 @@ def fig6(rep: Reproduction):
     ax.set_ylabel("loss (unadjusted)")
     ax.legend(fontsize=8)
     ax.set_title(f"Figure 6: loss vs σ, trained on U(0, 5) (budget {rep.budget})")
-    return _save(fig, rep.out, "fig6")
+    return save(fig, rep.out, "fig6")
 
 
 def fig7(rep: Reproduction):
     """Per-layer per-variance profiles of the 7-layer models trained on U(0,5)."""
-    plt = _plt()
+    plt = pyplot()
     rep.train(needed("fig7"))
     sigmas = rep.sigma_grid(5.0)
     cmap = plt.get_cmap("viridis")
@@ -401,7 +374,7 @@ def fig7(rep: Reproduction):
     axes[0].set_ylabel("adjusted loss")
     axes[-1].legend(fontsize=7)
     fig.suptitle(f"Figure 7: per-layer per-variance profiles, U(0, 5) (budget {rep.budget})")
-    return _save(fig, rep.out, "fig7")
+    return save(fig, rep.out, "fig7")
 
 
 FIGURE_FUNCTIONS = {"fig1": fig1, "fig2": fig2, "fig3": fig3, "fig4": fig4, "fig5": fig5, "fig6": fig6, "fig7": fig7}
