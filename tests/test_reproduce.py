@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from conftest import assert_one_line_error, run_cli
 from lticl.paper import paper_settings, paper_value
 from lticl.reproduce import FIGURES, needed, tolerance_ok
 
@@ -56,6 +57,25 @@ def test_smoke_depth_helps_and_baselines_hold(smoke):
     # closed-form baselines match the paper (they do not depend on the budget).
     assert rows[("FULL", "3", "uniform:0")] < rows[("FULL", "1", "uniform:0")]
     assert abs(rows[("ADARR", "", "uniform:5")] - paper_value("adarr", "uniform:5")) < 0.01
+
+
+def test_smoke_gdpp_stalls_near_constrr(smoke):
+    """The paper's headline: GD++ behaves like ridge with one global noise estimate, so
+    on uniform:5 it plateaus near CONSTRR from 3 layers on (never far below it, never
+    far above), while DIAG and FULL keep improving with depth and pull well below."""
+    rows = {(r["model"], r["layers"], r["setting"]): float(r["ours"]) for r in csv.DictReader(open(smoke / "table1.csv"))}
+    constrr = rows[("CONSTRR", "", "uniform:5")]
+    for L in range(3, 8):
+        assert 0.95 * constrr <= rows[("GD++", str(L), "uniform:5")] <= 1.35 * constrr, L
+    for model in ("DIAG", "FULL"):
+        assert rows[(model, "7", "uniform:5")] < 0.6 * constrr
+        assert rows[(model, "7", "uniform:5")] < rows[(model, "3", "uniform:5")]
+
+
+def test_reproduce_bad_arguments_give_one_line_errors(tmp_path):
+    for args, match in ((["table2"], "table2"), (["table1", "--budget", "huge"], "huge"),
+                        (["table1", "--steps", "0"], "--steps")):
+        assert_one_line_error(run_cli("reproduce", *args, "--out", tmp_path), match)
 
 
 def test_a_finished_reproduction_is_reused(smoke):

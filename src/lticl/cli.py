@@ -35,6 +35,10 @@ class Format(str, Enum):
     json = "json"
 
 
+FormatOption = Annotated[Format, typer.Option("--format", help="table for people, json for machines.")]
+ModelArgument = Annotated[Path, typer.Argument(help="A model.npz (as written by lticl train).")]
+
+
 def _fail(message: str) -> None:
     err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)  # one line, however long
     raise typer.Exit(2)
@@ -127,7 +131,7 @@ def baselines(
     ] = None,
     n: Annotated[int, typer.Option(min=1, help="Context points per sequence.")] = 20,
     d: Annotated[int, typer.Option(min=1, help="Input dimension.")] = 10,
-    format: Annotated[Format, typer.Option("--format", help="table for people, json for machines.")] = Format.table,
+    format: FormatOption = Format.table,
     out: Annotated[Optional[Path], typer.Option(help="Also write baselines.json and baselines.md here.")] = None,
 ) -> None:
     """Tune and evaluate the ridge baselines on the paper's noise settings, next to Table 1."""
@@ -337,6 +341,11 @@ def _rows_markdown(rows: list[dict], title: str, columns: list[str] | None = Non
     return "\n".join(lines + ["| " + " | ".join(_num(r.get(c)) for c in columns) + " |" for r in rows]) + "\n"
 
 
+def _label(path: Path) -> str:
+    """A short name for a model file in titles: its run directory and file name."""
+    return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
+
+
 def _load_model(path: Path):
     from .io import load_npz
 
@@ -350,13 +359,13 @@ def _load_model(path: Path):
 
 @app.command()
 def inspect(
-    model: Annotated[Path, typer.Argument(help="A model.npz (as written by lticl train).")],
+    model: ModelArgument,
     noise: Annotated[str, typer.Option(help="Noise setting of the per-layer profile, e.g. uniform:5.")] = "uniform:5",
     sequences: Annotated[int, typer.Option(min=2, help="Fresh sequences for the per-layer profile.")] = 10_000,
     n: Annotated[int, typer.Option(min=1, help="Context points per sequence.")] = 20,
     seed: Annotated[int, typer.Option(help="Seed of the profile's sequences.")] = 0,
     rank_tol: Annotated[float, typer.Option(min=0.0, help="FULL: remainder singular values above this × ‖M‖₂ count in its rank.")] = 0.1,
-    format: Annotated[Format, typer.Option("--format", help="table for people, json for machines.")] = Format.table,
+    format: FormatOption = Format.table,
     out: Annotated[Optional[Path], typer.Option(help="Also write inspect.json, heatmaps.{png,pdf} and, for DIAG/GD++, momentum.{png,pdf} here.")] = None,
 ) -> None:
     """ω per layer, how diagonal a FULL model is, and the adjusted loss after each layer."""
@@ -390,11 +399,11 @@ def inspect(
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "inspect.json").write_text(json.dumps(record, indent=2))
-        written = save(heatmap_figure(params, f"{model.name}: Q^l (top) and P^l (bottom)"), out, "heatmaps")
+        written = save(heatmap_figure(params, f"{_label(model)}: Q^l (top) and P^l (bottom)"), out, "heatmaps")
         if params.variant != "full":
             top = float(np.ceil(_noise_max(ins.noise))) + 2
             prof = momentum_profile(params, np.linspace(0, top, 9), 2000, n, jax.random.key(seed))
-            written += save(momentum_figure(prof, f"{model.name}: the momentum view (Lemma 4.4) against σ"), out, "momentum")
+            written += save(momentum_figure(prof, f"{_label(model)}: the momentum view (Lemma 4.4) against σ"), out, "momentum")
         err.print(f"wrote inspect.json, {', '.join(p.name for p in written)} to {out}")
 
 
@@ -407,12 +416,12 @@ def _noise_max(spec: str) -> float:
 
 @app.command()
 def compare(
-    model: Annotated[Path, typer.Argument(help="A model.npz (as written by lticl train).")],
+    model: ModelArgument,
     noise: Annotated[str, typer.Option(help="The noise the model was trained on (tunes TUNEDRR and GD, sets the held-out σ).")] = "uniform:5",
     problems: Annotated[int, typer.Option(min=2, help="Problems per held-out set.")] = 2000,
     trained_n: Annotated[int, typer.Option(min=1, help="The n the model was trained on (for the rescaled variant).")] = 20,
     seed: Annotated[int, typer.Option(help="Seed of the held-out problems.")] = 2,
-    format: Annotated[Format, typer.Option("--format", help="table for people, json for machines.")] = Format.table,
+    format: FormatOption = Format.table,
     out: Annotated[Optional[Path], typer.Option(help="Also write compare.json and compare.md here.")] = None,
 ) -> None:
     """The model's learned algorithm as a solver, against OLS, ADARR, TUNEDRR and GD on held-out problems."""
@@ -427,7 +436,7 @@ def compare(
         _fail(str(e))
     title = (f"{model}: mean loss on held-out problems (synthetic: ½‖ŵ − w‖²; diabetes: ½ mean squared error on "
              f"the points left out, standardised target); n₀ = {trained_n}")
-    columns = ["problems", *solvers, "oracle"]
+    columns = ["problems", *solvers, "model median", "oracle"]  # the median shows when a mean is a tail
     if format is Format.json:
         print(json.dumps(rows, indent=2))
     else:
@@ -458,7 +467,7 @@ _THEORY_TITLES = {
 def theory(
     theorem: Annotated[Theorem, typer.Argument(help="thm42, thm51, thm52 or sec53 (SPEC §8).")],
     model: Annotated[Optional[list[Path]], typer.Option(help="thm42: model.npz file(s) to check besides the random ones.")] = None,
-    format: Annotated[Format, typer.Option("--format", help="table for people, json for machines.")] = Format.table,
+    format: FormatOption = Format.table,
 ) -> None:
     """Check one of the paper's theorems numerically (float64) and print the table."""
     from . import theory as th
