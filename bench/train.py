@@ -6,6 +6,9 @@ uniform:5), all measured in one run so that only ratios are compared:
 - engine:   lticl.train.run_steps (w^L as one row carried back; DIAG mixes elementwise), scan-fused
 - grid:     run_steps over 4 configs (4 noise settings) vmapped in one call
 
+Achieved GFLOP/s of the engine: XLA's flop count of one compiled step times the
+measured rate, against a float32 matmul peak measured in the same run.
+
     python bench/train.py [--steps 20]
 """
 
@@ -63,11 +66,28 @@ def baseline_steps(config, steps, kind):
     return timed(lambda: fused(params, o))
 
 
+def matmul_peak(size=2048, repeats=10):
+    """GFLOP/s of a float32 (size × size) matmul on this machine, now."""
+    a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+    f = jax.jit(lambda a: a @ a)
+    return 2 * size**3 / timed(lambda: f(a), repeats) / 1e9
+
+
+def step_flops(config, state):
+    """XLA's flop count of one compiled engine step (a scan of length 1)."""
+    compiled = jax.jit(lambda s: run_steps(config, s, 1)[1]).lower(state).compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost["flops"])
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=20)
     args = ap.parse_args()
     print(f"JAX {jax.__version__} on {jax.devices()[0].platform}; {args.steps} steps per measurement")
+    peak = matmul_peak()
+    print(f"float32 matmul peak (2048²): {peak:.0f} GFLOP/s")
     for variant in ("full", "diag"):
         config = TrainConfig(variant, 7, "uniform:5", steps=10_000)
         rows = {k: args.steps / baseline_steps(config, args.steps, k) for k in ("tokens", "implicit")}
@@ -77,6 +97,8 @@ def main():
         rows["grid (4 configs)"] = 4 * args.steps / timed(lambda: run_steps(config, grid, args.steps)[1])
         for name, rate in rows.items():
             print(f"{variant}-7  {name:17s} {rate:6.1f} model-steps/s  {rate / rows['tokens']:5.2f}x tokens")
+        gflops = step_flops(config, state) * rows["engine"] / 1e9
+        print(f"{variant}-7  engine: {gflops:.1f} GFLOP/s achieved = {100 * gflops / peak:.1f}% of the matmul peak")
 
 
 if __name__ == "__main__":
