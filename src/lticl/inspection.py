@@ -183,7 +183,7 @@ def _momentum_terms(params: Params, x: Array, y: Array) -> dict[str, Array]:
     Sigma, alpha, lam = G[0, :, :d, :d], G[0, :, :d, d], G[0, :, d, d]
     w_ols = baselines.ols(x, y)  # normal equations hold, so Σ_i r_i x_i = 0
     rho = lam - jnp.einsum("bd,bd->b", alpha, w_ols)  # Σ_i r_i²
-    w_xx, w_xy, w_yx, w_yy = (o[:, None] for o in omegas(params).T)  # (L, 1) each
+    w_yx, w_yy = (o[:, None] for o in omegas(params).T[2:])  # (L, 1) each; ω_xx, ω_xy act through M and u
     neg_grad = jnp.einsum("bde,lbe->lbd", Sigma, a[..., None] * w_ols - w)  # −∇f(w^l)
     MtM = jnp.einsum("lbji,lbjk->lbik", M, M)
     carried = jnp.einsum("bd,lbd->lb", w_ols, neg_grad) + a * rho
