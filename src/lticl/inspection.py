@@ -18,8 +18,9 @@ from jax import Array
 
 from . import baselines
 from .metrics import Evaluation, per_layer_profile
-from .model import (Params, _implicit, check_batch, check_params, full_matrices, gram, implicit_state, layer_grams,
-                    omegas)
+from .model import (Params, _diag_matrix, _implicit, check_batch, check_params, full_matrices, gram, implicit_state,
+                    layer_grams, omegas)
+from .model import head_omegas as model_head_omegas
 from .noise import Fixed, as_noise
 from .tasks import positive_int, sample_tasks
 
@@ -35,11 +36,6 @@ def diagonal_part(M: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     M = np.asarray(M)
     d = M.shape[-1] - 1
     return np.trace(M[..., :d, :d], axis1=-2, axis2=-1) / d, M[..., d, d]
-
-
-def _diag_expand(mx: np.ndarray, my: np.ndarray, d: int) -> np.ndarray:
-    out = mx[..., None, None] * np.diag(np.r_[np.ones(d), 0.0])
-    return out + my[..., None, None] * np.diag(np.r_[np.zeros(d), 1.0])
 
 
 @dataclass(frozen=True)
@@ -60,7 +56,7 @@ def diagonality(M: np.ndarray, rank_tol: float = 0.1) -> Diagonality:
     """`Diagonality` of matrices M (L, H, D, D)."""
     M = np.asarray(M, np.float64)
     d = M.shape[-1] - 1
-    Dm = _diag_expand(*diagonal_part(M), d)
+    Dm = np.asarray(_diag_matrix(*(jnp.asarray(a) for a in diagonal_part(M)), d))
     R = M - Dm
     frac = np.sqrt((Dm**2).sum(axis=(1, 2, 3)) / np.maximum((M**2).sum(axis=(1, 2, 3)), np.finfo(float).tiny))
     norm_M = np.linalg.norm(M, ord=2, axis=(-2, -1))  # (L, H)
@@ -79,9 +75,7 @@ def nearest_diag(params: Params) -> Params:
 
 def head_omegas(params: Params) -> np.ndarray:
     """(L, H, 4) [ω_xx, ω_xy, ω_yx, ω_yy] of each head alone (of the nearest DIAG for FULL)."""
-    diag = nearest_diag(params)
-    p, q = np.asarray(diag.p, np.float64), np.asarray(diag.q, np.float64)
-    return np.stack([p[..., 0] * q[..., 0], p[..., 0] * q[..., 1], p[..., 1] * q[..., 0], p[..., 1] * q[..., 1]], -1)
+    return np.asarray(model_head_omegas(nearest_diag(params)), np.float64)
 
 
 # --------------------------------------------------------------------------- per layer
@@ -158,7 +152,7 @@ def inspect_model(
         layers=params.layers,
         heads=params.heads,
         d=params.d,
-        omega=np.asarray(omegas(nearest_diag(params) if full else params), np.float64),
+        omega=ho.sum(axis=1),
         head_omega=ho,
         rank_one_gap=np.abs(ho[..., 0] * ho[..., 3] - ho[..., 1] * ho[..., 2]),
         noise=noise.spec,

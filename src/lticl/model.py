@@ -171,14 +171,19 @@ def full_matrices(params: Params) -> tuple[Array, Array]:
     return _diag_matrix(p[..., 0], p[..., 1], params.d), _diag_matrix(q[..., 0], q_y, params.d)
 
 
-def omegas(params: Params) -> Array:
-    """(L, 4) per-layer [ω_xx, ω_xy, ω_yx, ω_yy], summed over heads (DIAG/GD++, SPEC §3)."""
+def head_omegas(params: Params) -> Array:
+    """(L, H, 4) [ω_xx, ω_xy, ω_yx, ω_yy] of each head alone (DIAG/GD++, SPEC §3)."""
     if params.variant == "full":
         raise ValueError("omega values are defined for the diag and gdpp variants, not full")
     p, q = params.p, params.q
     q_y = q[..., 1] if params.variant == "diag" else jnp.zeros_like(q[..., 0])
     p_x, p_y, q_x = p[..., 0], p[..., 1], q[..., 0]
-    return jnp.stack([p_x * q_x, p_x * q_y, p_y * q_x, p_y * q_y], axis=-1).sum(axis=-2)
+    return jnp.stack([p_x * q_x, p_x * q_y, p_y * q_x, p_y * q_y], axis=-1)
+
+
+def omegas(params: Params) -> Array:
+    """(L, 4) per-layer [ω_xx, ω_xy, ω_yx, ω_yy], summed over heads (DIAG/GD++, SPEC §3)."""
+    return head_omegas(params).sum(axis=-2)
 
 
 # --------------------------------------------------------------------------- forms

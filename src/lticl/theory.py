@@ -153,7 +153,7 @@ def gdpp_newton_model(mu: np.ndarray, steps: int) -> Params:
 
 
 def _design(key, mu: np.ndarray, n: int) -> np.ndarray:
-    """X (n, d) with XᵀX = diag-free Σ of eigenvalues mu: X = U diag(√μ) Vᵀ."""
+    """X (n, d) whose Σ = XᵀX has eigenvalues mu (random eigenvectors): X = U diag(√μ) Vᵀ."""
     d = mu.size
     U = np.linalg.qr(np.asarray(jax.random.normal(key, (n, d), jnp.float64)))[0]
     V = np.linalg.qr(np.asarray(jax.random.normal(jax.random.fold_in(key, 1), (d, d), jnp.float64)))[0]
