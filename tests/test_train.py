@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import jax
 import numpy as np
 import pytest
@@ -6,7 +8,7 @@ import lticl
 from lticl import baselines as bl
 from lticl.metrics import Evaluation
 from lticl.tasks import data_key, stack_chunks, task_chunks
-from lticl.train import TrainConfig, init_state, run_steps, select_best, train
+from lticl.train import TrainConfig, init_state, run_steps, select_best, train, train_group
 
 TINY = dict(d=3, n=8, batch=64, steps=6, chunk=3, validation_sequences=500, evaluation_sequences=500)
 
@@ -35,6 +37,20 @@ def test_seeds_in_parallel_equal_seeds_alone():
     leaves_close(jax.tree.map(lambda a: a[1:2], together.params), single.params)
     # different seeds start differently and end differently
     assert not np.allclose(together.params.p[0], together.params.p[2])
+
+
+def test_a_group_spread_over_devices_equals_each_config_alone():
+    """Three configs on two CPU devices (conftest asks for two; one is padded)
+    train as each does alone on one device, to float32 rounding (observed ≤ 1e-9:
+    a device's batch of 2 models may vectorise differently from a batch of 1)."""
+    assert jax.local_device_count() >= 2
+    configs = [TrainConfig("diag", 2, s, seeds=1, **TINY) for s in ("uniform:1", "uniform:3", "categorical:1,3")]
+    together = train_group(configs)
+    for c, t in zip(configs, together):
+        alone = train(c)
+        leaves_close(t.all_params, alone.all_params)
+        np.testing.assert_allclose(t.losses, alone.losses, rtol=1e-5)
+        np.testing.assert_allclose(t.evaluation.mean, alone.evaluation.mean, rtol=1e-5)
 
 
 def test_huge_learning_rate_recovers_and_ends_finite():
@@ -89,6 +105,17 @@ def test_a_run_that_cannot_recover_stops_loudly():
                          patience=1, batch=512, seeds=2, validation_sequences=500, evaluation_sequences=500)
     with pytest.raises(RuntimeError, match="every seed was rolled back 10 times"):
         train(config)
+
+
+def test_a_failed_config_does_not_stop_its_group():
+    """Beside a config that trains, one that cannot recover is reported unusable
+    (its evaluation shows why) instead of stopping the sweep."""
+    broken = TrainConfig("full", 7, "uniform:7", init_scale=0.5, steps=40, chunk=10, max_recoveries=10,
+                         patience=1, batch=512, seeds=2, validation_sequences=500, evaluation_sequences=500)
+    fine = replace(broken, noise="uniform:1", init_scale=1e-3)
+    bad, good = train_group([broken, fine])
+    assert (bad.recoveries >= 10).all() and not bad.usable
+    assert good.usable and (good.recoveries < 10).any() and np.isfinite(good.evaluation.mean)
 
 
 @pytest.mark.parametrize("kwargs,match", [

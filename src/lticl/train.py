@@ -21,6 +21,7 @@ The data stream goes on, so a model does not meet the same batch again.
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, replace
 from functools import cached_property, partial
 from typing import Callable, NamedTuple
@@ -30,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax import Array
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from .metrics import Evaluation, oracle_loss, sequence_loss
 from .model import Params, _final_weights, canonical_variant, gd_init, init_params, predict
@@ -137,7 +139,7 @@ def _draw_sigma(key: Array, atoms: Array, count: Array, batch: int) -> Array:
 BUDGETS: dict[str, dict] = {
     "smoke": dict(steps=60, batch=256, seeds=1, lr=1e-3, warmup=10, chunk=30, validation_sequences=2000,
                   evaluation_sequences=5000),
-    "laptop": dict(steps=2000, seeds=1),
+    "laptop": dict(steps=2000, batch=512, seeds=1),
     "paper": dict(steps=200_000, batch=2048, lr=1e-4, warmup=0, final_lr_fraction=1.0, seeds=5,
                   objective="sampled_query", init="random", chunk=1000),
 }
@@ -312,6 +314,30 @@ def _stack(trees):
     return jax.tree.map(lambda *a: jnp.concatenate(a), *trees)
 
 
+def use_cpu_cores(count: int | None = None) -> int:
+    """Expose `count` (default: every core) CPU devices to JAX, so that the models
+    of a group train on all cores at once (`train_group` spreads them). It has to
+    run before JAX's first operation; after that it changes nothing. Returns the
+    number of local devices."""
+    try:
+        jax.config.update("jax_num_cpu_devices", count or os.cpu_count() or 1)
+    except RuntimeError:  # the backend is already up
+        pass
+    return jax.local_device_count()
+
+
+def _spread(tree, k: int):
+    """The K models on the leading axis placed across the local devices: padded
+    with copies of the last model to a multiple of the devices used, so that one
+    compiled call runs on every core. Each model's arithmetic is unchanged."""
+    devices = jax.local_devices()[:k]
+    if len(devices) < 2:
+        return tree
+    pad = -k % len(devices)
+    tree = jax.tree.map(lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)]), tree) if pad else tree
+    return jax.device_put(tree, NamedSharding(Mesh(np.array(devices), ("models",)), PartitionSpec("models")))
+
+
 def train_group(
     configs: list[TrainConfig],
     progress: Callable[[int, np.ndarray], None] | None = None,
@@ -339,27 +365,33 @@ def train_group(
             raise ValueError(f"inconsistent start: state at step {done}, losses of shape {hist.shape}")
     bounds = np.cumsum([0] + [c.seeds for c in configs])
     parts = lambda tree, i: jax.tree.map(lambda a: a[bounds[i]:bounds[i + 1]], tree)
-    state = _stack([st for st, _ in begun])
+    models = int(bounds[-1])
+    state = _spread(_stack([st for st, _ in begun]), models)
     losses = [np.concatenate([h for _, h in begun])]
     while done < config.steps:
         # Chunks end at multiples of config.chunk, so a resumed run makes the same calls.
         steps = min(config.chunk - done % config.chunk, config.steps - done)
         state, chunk_losses = run_steps(config, state, steps)
-        losses.append(np.asarray(chunk_losses))
+        losses.append(np.asarray(chunk_losses)[:models])
         done += steps
         history = np.concatenate(losses, axis=1)
-        recoveries = np.asarray(state.recoveries)
-        for i, c in enumerate(configs):
-            if (recoveries[bounds[i]:bounds[i + 1]] >= c.max_recoveries).all():
-                raise RuntimeError(
-                    f"training failed at step {done}: every seed was rolled back {c.max_recoveries} times "
-                    f"({c.variant}-{c.layers}, {c.noise}, lr {c.lr}); lower the learning rate or "
-                    f"init_scale, or check the initial model's loss for non-finite sequences"
-                )
-            if on_chunk is not None:
-                on_chunk(i, parts(state, i), history[bounds[i]:bounds[i + 1]])
+        recoveries = np.asarray(state.recoveries)[:models]
+        failed = [(recoveries[bounds[i]:bounds[i + 1]] >= c.max_recoveries).all() for i, c in enumerate(configs)]
+        if all(failed):
+            # Nothing left to train. A failed config beside working ones trains on and
+            # is reported unusable (TrainResult.usable), so one cell does not stop a sweep.
+            raise RuntimeError(
+                f"training failed at step {done}: every seed was rolled back {config.max_recoveries} times "
+                f"({config.variant}-{config.layers}, {', '.join(c.noise for c in configs)}, lr {config.lr}); "
+                f"lower the learning rate or init_scale, or check the initial model's loss for non-finite sequences"
+            )
+        for i in range(len(configs) if on_chunk is not None else 0):
+            on_chunk(i, parts(state, i), history[bounds[i]:bounds[i + 1]])
         if progress is not None:
             progress(done, losses[-1][:, -1])
+    # Back on one device, the padding dropped: what follows is per model, and XLA's
+    # CPU collectives (which a spread evaluation would need) can deadlock.
+    state = jax.device_put(jax.tree.map(lambda a: a[:models], state), jax.local_devices()[0])
     # A model that ends inside a streak of failed steps returns its last checked state.
     unchecked = np.asarray(state.streak) > 0
     final = jax.tree.map(lambda g, p: jnp.where(unchecked.reshape((-1,) + (1,) * (p.ndim - 1)), g, p),
