@@ -5,6 +5,8 @@ uniform:5), all measured in one run so that only ratios are compared:
 - implicit: w^L through the implicit-state recursion (M, u, a, w), scan-fused
 - engine:   lticl.train.run_steps (w^L as one row carried back; DIAG mixes elementwise), scan-fused
 - grid:     run_steps over 4 configs (4 noise settings) vmapped in one call
+- spread:   the same 4 configs placed across the CPU devices (one per core,
+            lticl.train.use_cpu_cores) as train_group does
 
 Achieved GFLOP/s of the engine: XLA's flop count of one compiled step times the
 measured rate, against a float32 matmul peak measured in the same run.
@@ -22,7 +24,7 @@ import optax
 from lticl.metrics import sequence_loss
 from lticl.model import implicit_state, predict
 from lticl.tasks import sample_tasks
-from lticl.train import TrainConfig, _stack, init_state, run_steps
+from lticl.train import TrainConfig, _spread, _stack, init_state, run_steps, use_cpu_cores
 
 
 def timed(fn, repeats=1):
@@ -85,7 +87,9 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=20)
     args = ap.parse_args()
-    print(f"JAX {jax.__version__} on {jax.devices()[0].platform}; {args.steps} steps per measurement")
+    devices = use_cpu_cores()
+    print(f"JAX {jax.__version__} on {jax.devices()[0].platform} ({devices} devices); "
+          f"{args.steps} steps per measurement")
     peak = matmul_peak()
     print(f"float32 matmul peak (2048²): {peak:.0f} GFLOP/s")
     for variant in ("full", "diag"):
@@ -95,8 +99,10 @@ def main():
         rows["engine"] = args.steps / timed(lambda: run_steps(config, state, args.steps)[1])
         grid = _stack([init_state(TrainConfig(variant, 7, f"uniform:{s}", steps=10_000)) for s in (1, 3, 5, 7)])
         rows["grid (4 configs)"] = 4 * args.steps / timed(lambda: run_steps(config, grid, args.steps)[1])
+        spread = _spread(grid, 4)
+        rows["spread (4 configs)"] = 4 * args.steps / timed(lambda: run_steps(config, spread, args.steps)[1])
         for name, rate in rows.items():
-            print(f"{variant}-7  {name:17s} {rate:6.1f} model-steps/s  {rate / rows['tokens']:5.2f}x tokens")
+            print(f"{variant}-7  {name:19s} {rate:6.1f} model-steps/s  {rate / rows['tokens']:5.2f}x tokens")
         gflops = step_flops(config, state) * rows["engine"] / 1e9
         print(f"{variant}-7  engine: {gflops:.1f} GFLOP/s achieved = {100 * gflops / peak:.1f}% of the matmul peak")
 

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from lticl.runs import CHECKPOINT, METRICS, config_hash, load_checkpoint, run, run_name, save_checkpoint
+from lticl.runs import CHECKPOINT, METRICS, config_hash, load_checkpoint, run, run_groups, run_name, save_checkpoint
 from lticl.train import TrainConfig, budget_config, init_state, run_steps
 
 TINY = dict(d=3, n=8, batch=64, steps=40, chunk=10, seeds=2, validation_sequences=500, evaluation_sequences=500)
@@ -84,3 +84,36 @@ def test_sigkilled_run_resumes_to_identical_parameters(tmp_path):
     np.testing.assert_array_equal(whole["Q"], resumed["Q"])
     m_whole, m_resumed = (json.loads((tmp_path / d / METRICS).read_text()) for d in ("whole", "killed"))
     assert m_whole["adjusted_loss"] == m_resumed["adjusted_loss"]
+
+
+@pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")  # Ray starts its processes from this one
+def test_ray_executor_trains_the_groups_as_local_does(tmp_path):
+    """Two groups as Ray tasks on a local Ray instance: the same runs, the same
+    numbers as training them here (to float32 rounding: a Ray worker has one CPU
+    device, this process two; the workers get this process's float64 switch), and
+    a restarted sweep reads them back."""
+    ray = pytest.importorskip("ray")
+
+    def groups(root):
+        configs = [[TrainConfig("diag", 2, s, **TINY) for s in ("uniform:1", "uniform:3")],
+                   [TrainConfig("gdpp", 3, "uniform:2", **TINY)]]
+        return [[(c, root / run_name(c)) for c in g] for g in configs]
+
+    local = run_groups(groups(tmp_path / "local"), executor="local")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+             runtime_env={"env_vars": {"JAX_ENABLE_X64": str(jax.config.jax_enable_x64)}})
+    try:
+        seen = []
+        remote = run_groups(groups(tmp_path / "ray"), executor="ray", progress=lambda *a: seen.append(a))
+    finally:
+        ray.shutdown()
+    assert sorted(seen) == [(0, 40, 40), (1, 40, 40)]
+    for a, b in zip(sum(local, []), sum(remote, [])):
+        np.testing.assert_allclose(b["adjusted_loss"], a["adjusted_loss"], rtol=1e-5)
+        assert a["seed"] == b["seed"] and a["recoveries"] == b["recoveries"]
+    for group in groups(tmp_path / "ray"):
+        assert all((d / METRICS).exists() for _, d in group)
+    # finished runs are read back, not trained again (no Ray needed)
+    assert run_groups(groups(tmp_path / "ray"), executor="local") == remote
+    with pytest.raises(ValueError, match="unknown executor"):
+        run_groups([], executor="dask")

@@ -28,6 +28,9 @@ err = Console(stderr=True)
 @app.callback()
 def _root() -> None:
     """Linear transformers as versatile in-context learners (Vladymyrov et al., NeurIPS 2024)."""
+    from .train import use_cpu_cores
+
+    use_cpu_cores()  # models trained side by side then run on every core
 
 
 class Format(str, Enum):
@@ -259,6 +262,11 @@ def train(
                     f"wrote {out}/model.npz, metrics.json, config.json")
 
 
+class Executor(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
 class Target(str, Enum):
     table1 = "table1"
     fig1 = "fig1"
@@ -279,6 +287,10 @@ def reproduce(
     seed: Annotated[int, typer.Option(help="Base seed of every run.")] = 0,
     seeds: Annotated[Optional[int], typer.Option(min=1, help="Seeds per model. [budget]")] = None,
     steps: Annotated[Optional[int], typer.Option(min=1, help="Training steps per model. [budget]")] = None,
+    batch: Annotated[Optional[int], typer.Option(min=1, help="Sequences per training step. [budget]")] = None,
+    executor: Annotated[Executor, typer.Option(
+        help="local: groups one after another here; ray: each group a Ray task (pip install 'lticl[ray]')."
+    )] = Executor.local,
 ) -> None:
     """Reproduce the paper's Table 1 and Figures 1–7 next to the paper's numbers."""
     from .reproduce import Reproduction, reproduce as run_target
@@ -294,7 +306,7 @@ def reproduce(
 
         try:
             rep = Reproduction(out, budget.value, seed=seed, progress=report,
-                               seeds=seeds, steps=steps)
+                               executor=executor.value, seeds=seeds, steps=steps, batch=batch)
             written = run_target(target.value, rep)
         except ValueError as e:
             _fail(str(e))

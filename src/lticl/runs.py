@@ -179,6 +179,37 @@ def run_group(runs: list[tuple[TrainConfig, Path]], resume: bool = True,
     return [metrics for metrics, _ in prepared]
 
 
+EXECUTORS = ("local", "ray")
+
+
+def run_groups(groups: list[list[tuple[TrainConfig, Path]]], resume: bool = True, executor: str = "local",
+               progress: Callable[[int, int, int], None] | None = None) -> list[list[dict]]:
+    """Each group's metrics (see run_group). "local" trains the groups one after
+    another in this process, `progress(group, step, steps)` after every chunk;
+    "ray" submits each group as a Ray task to the cluster `ray.init()` finds (the
+    RAY_ADDRESS variable, else a local instance it starts), `progress(group, steps,
+    steps)` as each finishes. With Ray, OUT must be on storage every worker sees."""
+    if executor not in EXECUTORS:
+        raise ValueError(f"unknown executor {executor!r}; expected one of {', '.join(EXECUTORS)}")
+    report = progress or (lambda *a: None)
+    if executor == "local":
+        return [run_group(g, resume, lambda step, _, i=i, total=g[0][0].steps: report(i, step, total))
+                for i, g in enumerate(groups)]
+    try:
+        import ray
+    except ImportError:
+        raise ValueError("the ray executor needs Ray: pip install 'lticl[ray]'") from None
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    refs = [ray.remote(run_group).remote(g, resume) for g in groups]
+    index, pending = {ref: i for i, ref in enumerate(refs)}, list(refs)
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        i = index[ready[0]]
+        report(i, groups[i][0][0].steps, groups[i][0][0].steps)
+    return ray.get(refs)
+
+
 def run(config: TrainConfig, directory: Path, resume: bool = True,
         progress: Callable[[int, np.ndarray], None] | None = None) -> dict:
     """Train `config` in `directory` and return its metrics (see run_group)."""
