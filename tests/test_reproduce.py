@@ -6,11 +6,13 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import assert_one_line_error, run_cli
+from lticl.io import load_npz
 from lticl.paper import paper_settings, paper_value
-from lticl.reproduce import FIGURES, needed, tolerance_ok
+from lticl.reproduce import FIGURES, Reproduction, needed, tolerance_ok
 
 
 def test_tolerance_rule():
@@ -22,6 +24,23 @@ def test_targets_need_the_runs_they_plot():
     assert len(needed("table1")) == 3 * 7 * 10
     assert needed("fig4") == {("full", 4, "categorical:1,3")}
     assert all(needed(f) <= needed("all") for f in FIGURES)
+
+
+def test_a_heavy_tailed_cell_is_trained_again_with_twice_the_seeds(tmp_path):
+    """A cell whose chosen seed shows a heavy tail on validation gets twice the
+    seeds, and seed 0 of the new run is the first run again (to float32 rounding:
+    the two seeds train spread over two devices)."""
+    tiny = dict(steps=20, batch=64, chunk=10, validation_sequences=500, evaluation_sequences=500)
+    key = ("diag", 2, "uniform:1")
+    rep = Reproduction(tmp_path, "smoke", **tiny)
+    rep.train({key})
+    assert not rep.retried and rep.config(*key).seeds == 1  # a tame cell is left alone
+    first = load_npz(rep.directory(key) / "model.npz")
+    rep.metrics[key]["validation"][0]["worst"] = 1e6  # as if one validation sequence had blown up
+    rep.train({key})
+    assert rep.retried == {key} and rep.config(*key).seeds == 2
+    assert len(rep.metrics[key]["validation"]) == 2
+    np.testing.assert_allclose(np.asarray(rep.seeds(key).p[0]), np.asarray(first.p), rtol=1e-5, atol=1e-7)
 
 
 @pytest.fixture(scope="module")

@@ -116,6 +116,9 @@ def test_a_failed_config_does_not_stop_its_group():
     bad, good = train_group([broken, fine])
     assert (bad.recoveries >= 10).all() and not bad.usable
     assert good.usable and (good.recoveries < 10).any() and np.isfinite(good.evaluation.mean)
+    # alone, in a sweep (which must go on), it finishes unusable instead of raising
+    (alone,) = train_group([broken], stop_on_failure=False)
+    assert not alone.usable and (alone.recoveries >= 10).all()
 
 
 @pytest.mark.parametrize("kwargs,match", [

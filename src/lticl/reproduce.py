@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import json
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -33,7 +34,7 @@ from .plotting import pyplot, save
 from .provenance import environment
 from .runs import EXECUTORS, MODEL, SEEDS, load_seeds, run_groups, run_name
 from .tasks import data_key, sample_tasks, stack_chunks, task_chunks
-from .train import BUDGETS, TrainConfig, budget_config
+from .train import BUDGETS, TrainConfig, budget_config, heavy_tailed
 
 FIGURES = tuple(f"fig{i}" for i in range(1, 8))
 TARGETS = ("table1", *FIGURES, "all")
@@ -88,21 +89,36 @@ class Reproduction:
         self.progress = progress or (lambda *a: None)
         self.overrides = overrides
         self.metrics: dict[tuple[str, int, str], dict] = {}
+        self.retried: set[tuple[str, int, str]] = set()  # cells trained again with twice the seeds
         self.profile_sequences = PROFILE_SEQUENCES[budget]
 
     def config(self, variant: str, layers: int, noise: str) -> TrainConfig:
-        return budget_config(self.budget, variant, layers, noise, seed=self.seed, **self.overrides)
+        c = budget_config(self.budget, variant, layers, noise, seed=self.seed, **self.overrides)
+        return replace(c, seeds=2 * c.seeds) if (variant, layers, noise) in self.retried else c
 
     def directory(self, key) -> Path:
         return self.out / "runs" / run_name(self.config(*key))
 
     def train(self, keys: set) -> None:
-        """Train every run in `keys` not yet trained, grouped by compiled program."""
+        """Train every run in `keys` not yet trained, grouped by compiled program. A
+        cell whose chosen seed has a heavy tail on validation (`train.heavy_tailed`)
+        or no usable seed is trained again with twice the seeds: seed 0 repeats the
+        first run exactly, so the choice is among its seeds on the same validation set."""
+        self._train(keys - set(self.metrics))
+        tailed = {k for k in keys - self.retried if self.tailed(k)}
+        self.retried |= tailed
+        self._train(tailed, " (twice the seeds: heavy tail)")
+
+    def tailed(self, key) -> bool:
+        m = self.metrics[key]
+        return not m["usable"] or heavy_tailed(Evaluation(**m["validation"][m["seed"]]), self.config(*key).d)
+
+    def _train(self, keys: set, note: str = "") -> None:
         groups = defaultdict(list)
-        for key in sorted(keys - set(self.metrics)):
+        for key in sorted(keys):
             groups[self.config(*key).program].append(key)
         jobs = [[(self.config(*k), self.directory(k)) for k in members] for members in groups.values()]
-        labels = [f"[{i + 1}/{len(jobs)}] {job[0][0].variant}-{job[0][0].layers} × {len(job)} settings"
+        labels = [f"[{i + 1}/{len(jobs)}] {job[0][0].variant}-{job[0][0].layers} × {len(job)} settings{note}"
                   for i, job in enumerate(jobs)]
         results = run_groups(jobs, self.resume, self.executor,
                              lambda i, done, total: self.progress(labels[i], done, total))

@@ -151,10 +151,12 @@ def _prepare(config: TrainConfig, directory: Path, resume: bool):
 
 
 def run_group(runs: list[tuple[TrainConfig, Path]], resume: bool = True,
-              progress: Callable[[int, np.ndarray], None] | None = None) -> list[dict]:
+              progress: Callable[[int, np.ndarray], None] | None = None, stop_on_failure: bool = True) -> list[dict]:
     """Train configs that share one program (see train.train_group) in their run
     directories, side by side, and return each one's metrics. Finished directories
-    are read back; with `resume`, checkpoints are continued (grouped by their step)."""
+    are read back; with `resume`, checkpoints are continued (grouped by their step).
+    A sweep passes stop_on_failure=False: a run none of whose seeds can be
+    recovered then finishes as unusable instead of raising."""
     prepared = [_prepare(c, Path(d), resume) for c, d in runs]
     todo = [i for i, (metrics, _) in enumerate(prepared) if metrics is None]
     by_step: dict[int, list[int]] = {}
@@ -167,7 +169,8 @@ def run_group(runs: list[tuple[TrainConfig, Path]], resume: bool = True,
         def on_chunk(j, state, losses, members=members):
             save_checkpoint(Path(runs[members[j]][1]) / CHECKPOINT, runs[members[j]][0], state, losses)
 
-        results = train_group([runs[i][0] for i in members], progress, [prepared[i][1] for i in members], on_chunk)
+        results = train_group([runs[i][0] for i in members], progress, [prepared[i][1] for i in members], on_chunk,
+                              stop_on_failure)
         seconds = (time.perf_counter() - started) / len(members)
         for i, result in zip(members, results):
             directory = Path(runs[i][1])
@@ -184,7 +187,8 @@ EXECUTORS = ("local", "ray")
 
 def run_groups(groups: list[list[tuple[TrainConfig, Path]]], resume: bool = True, executor: str = "local",
                progress: Callable[[int, int, int], None] | None = None) -> list[list[dict]]:
-    """Each group's metrics (see run_group). "local" trains the groups one after
+    """Each group's metrics (see run_group; a run that cannot be recovered comes
+    back unusable, it does not stop the sweep). "local" trains the groups one after
     another in this process, `progress(group, step, steps)` after every chunk;
     "ray" submits each group as a Ray task to the cluster `ray.init()` finds (the
     RAY_ADDRESS variable, else a local instance it starts), `progress(group, steps,
@@ -193,7 +197,7 @@ def run_groups(groups: list[list[tuple[TrainConfig, Path]]], resume: bool = True
         raise ValueError(f"unknown executor {executor!r}; expected one of {', '.join(EXECUTORS)}")
     report = progress or (lambda *a: None)
     if executor == "local":
-        return [run_group(g, resume, lambda step, _, i=i, total=g[0][0].steps: report(i, step, total))
+        return [run_group(g, resume, lambda step, _, i=i, total=g[0][0].steps: report(i, step, total), False)
                 for i, g in enumerate(groups)]
     try:
         import ray
@@ -201,7 +205,7 @@ def run_groups(groups: list[list[tuple[TrainConfig, Path]]], resume: bool = True
         raise ValueError("the ray executor needs Ray: pip install 'lticl[ray]'") from None
     if not ray.is_initialized():
         ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
-    refs = [ray.remote(run_group).remote(g, resume) for g in groups]
+    refs = [ray.remote(run_group).remote(g, resume, None, False) for g in groups]
     index, pending = {ref: i for i, ref in enumerate(refs)}, list(refs)
     while pending:
         ready, pending = ray.wait(pending, num_returns=1)

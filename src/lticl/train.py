@@ -280,6 +280,16 @@ class TrainResult(NamedTuple):
     usable: bool = True  # False: every seed failed or has non-finite validation losses
 
 
+# A validation sequence whose loss exceeds TAIL × d/2 (100 times the loss of
+# predicting 0) marks a heavy tail: seed selection avoids such seeds, and the
+# reproduction gives such a cell more seeds.
+TAIL = 100.0
+
+
+def heavy_tailed(validation: Evaluation, d: int) -> bool:
+    return not validation.worst <= TAIL * d / 2  # nan counts as a tail
+
+
 def select_best(validation: list[Evaluation], failed=None, worst_limit: float = np.inf) -> int:
     """The seed with the lowest validation mean among those that did not fail in
     training and have no non-finite validation loss, preferring seeds with no
@@ -343,12 +353,15 @@ def train_group(
     progress: Callable[[int, np.ndarray], None] | None = None,
     starts: list[tuple[TrainState, np.ndarray] | None] | None = None,
     on_chunk: Callable[[int, TrainState, np.ndarray], None] | None = None,
+    stop_on_failure: bool = True,
 ) -> list[TrainResult]:
     """Train several configs that share one program (`config.program`: same variant,
     shapes and optimiser; any noise setting and seed) side by side in one vmapped
     call per chunk, then select and evaluate each one's best seed. `starts[i]`
     continues config i from (state, losses so far); `on_chunk(i, state, losses)`
-    is called for each config after every chunk; `progress(step, losses)` once."""
+    is called for each config after every chunk; `progress(step, losses)` once.
+    When every seed of every config has failed, it raises, unless not
+    `stop_on_failure` (a sweep): then those results come back unusable."""
     if not configs:
         return []
     if len({c.program for c in configs}) != 1:
@@ -377,9 +390,9 @@ def train_group(
         history = np.concatenate(losses, axis=1)
         recoveries = np.asarray(state.recoveries)[:models]
         failed = [(recoveries[bounds[i]:bounds[i + 1]] >= c.max_recoveries).all() for i, c in enumerate(configs)]
-        if all(failed):
-            # Nothing left to train. A failed config beside working ones trains on and
-            # is reported unusable (TrainResult.usable), so one cell does not stop a sweep.
+        if all(failed) and stop_on_failure:
+            # Nothing left to train. A failed config beside working ones (or in a sweep)
+            # trains on and is reported unusable (TrainResult.usable).
             raise RuntimeError(
                 f"training failed at step {done}: every seed was rolled back {config.max_recoveries} times "
                 f"({config.variant}-{config.layers}, {', '.join(c.noise for c in configs)}, lr {config.lr}); "
@@ -404,7 +417,7 @@ def train_group(
         validation, _ = evaluate_models(all_params, data_key(c.seed, c.noise, "validation"), c.noise,
                                         c.validation_sequences, c.n)
         try:
-            best, usable = select_best(validation, rec >= c.max_recoveries, c.explode * c.d / 2), True
+            best, usable = select_best(validation, rec >= c.max_recoveries, TAIL * c.d / 2), True
         except RuntimeError:
             # Reported, not raised, so that one broken cell does not stop a sweep: the
             # result says usable=False and its evaluation shows the non-finite losses.
