@@ -63,7 +63,7 @@ def test_smoke_reproduction_writes_table_and_every_figure(smoke):
         if r["ours"] != "nan":
             assert abs(float(r["ours"]) - float(r["paper"]) - float(r["difference"])) < 1e-9
         # trained cells carry their worst evaluation sequence, which bounds their mean
-        assert (r["worst"] != "") == (layers is not None)
+        assert (r["worst"] != "") == (r["seeds"] != "") == (layers is not None)
         if r["worst"] and r["ours"] != "nan":
             assert float(r["worst"]) >= float(r["ours"])
     assert {r["setting"] for r in rows} == set(paper_settings())

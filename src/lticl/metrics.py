@@ -56,13 +56,15 @@ class Evaluation:
     def of(cls, values: np.ndarray, blocks: int = BLOCKS) -> "Evaluation":
         v = np.asarray(values, np.float64).ravel()
         finite = np.isfinite(v)
-        block_means = [b.mean() for b in np.array_split(v, min(blocks, v.size))]
+        with np.errstate(invalid="ignore", over="ignore"):  # a broken model's inf/nan are reported, not warned
+            block_means = [b.mean() for b in np.array_split(v, min(blocks, v.size))]
+            spread, sem = float(np.ptp(block_means)), float(v.std(ddof=1) / np.sqrt(v.size)) if v.size > 1 else float("nan")
         return cls(
             mean=float(v.mean()),
-            sem=float(v.std(ddof=1) / np.sqrt(v.size)) if v.size > 1 else float("nan"),
+            sem=sem,
             worst=float(np.max(v)) if finite.all() else float("nan"),
             nonfinite=int((~finite).sum()),
-            block_spread=float(np.ptp(block_means)),
+            block_spread=spread,
             sequences=int(v.size),
         )
 
