@@ -289,7 +289,7 @@ def reproduce(
     steps: Annotated[Optional[int], typer.Option(min=1, help="Training steps per model. [budget]")] = None,
     batch: Annotated[Optional[int], typer.Option(min=1, help="Sequences per training step. [budget]")] = None,
     executor: Annotated[Executor, typer.Option(
-        help="local: groups one after another here; ray: each group a Ray task (pip install 'lticl[ray]')."
+        help="local: groups one after another here; ray: each group a Ray task (needs the ray extra of lticl)."
     )] = Executor.local,
 ) -> None:
     """Reproduce the paper's Table 1 and Figures 1–7 next to the paper's numbers."""
