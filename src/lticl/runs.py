@@ -19,6 +19,7 @@ import json
 import os
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -204,7 +205,9 @@ def run_groups(groups: list[list[tuple[TrainConfig, Path]]], resume: bool = True
     except ImportError:
         raise ValueError("the ray executor needs Ray: pip install 'lticl[ray]'") from None
     if not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+        with warnings.catch_warnings():  # Ray starts its own processes; JAX warns of any fork
+            warnings.filterwarnings("ignore", "os.fork", RuntimeWarning)
+            ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
     refs = [ray.remote(run_group).remote(g, resume, None, False) for g in groups]
     index, pending = {ref: i for i, ref in enumerate(refs)}, list(refs)
     while pending:
