@@ -208,7 +208,8 @@ def run_groups(groups: list[list[tuple[TrainConfig, Path]]], resume: bool = True
         with warnings.catch_warnings():  # Ray starts its own processes; JAX warns of any fork
             warnings.filterwarnings("ignore", "os.fork", RuntimeWarning)
             ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
-    refs = [ray.remote(run_group).remote(g, resume, None, False) for g in groups]
+    task = ray.remote(run_group)
+    refs = [task.remote(g, resume, None, False) for g in groups]
     index, pending = {ref: i for i, ref in enumerate(refs)}, list(refs)
     while pending:
         ready, pending = ray.wait(pending, num_returns=1)
