@@ -389,8 +389,8 @@ def train_group(
         done += steps
         history = np.concatenate(losses, axis=1)
         recoveries = np.asarray(state.recoveries)[:models]
-        failed = [(recoveries[bounds[i]:bounds[i + 1]] >= c.max_recoveries).all() for i, c in enumerate(configs)]
-        if all(failed) and stop_on_failure:
+        if stop_on_failure and all((recoveries[bounds[i]:bounds[i + 1]] >= c.max_recoveries).all()
+                                   for i, c in enumerate(configs)):
             # Nothing left to train. A failed config beside working ones (or in a sweep)
             # trains on and is reported unusable (TrainResult.usable).
             raise RuntimeError(
