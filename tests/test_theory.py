@@ -4,11 +4,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import lticl
 from conftest import assert_one_line_error, run_cli
 from lticl import baselines as bl
 from lticl import theory
+from lticl.metrics import oracle_loss
 from lticl.tasks import stack_chunks
 from lticl.theory import best_one_step_size
 from lticl.train import TrainConfig, train
@@ -117,6 +120,59 @@ def test_diag_model_rejects_what_one_head_cannot_hold():
         theory.diag_model(3, [{"omega_xx": 1.0, "omega_yx": 1.0}])
     with pytest.raises(ValueError, match="unknown"):
         theory.diag_model(3, [{"omega_zz": 1.0}])
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), layers=st.integers(1, 5), scale=st.sampled_from([0.05, 0.3]),
+       noise=st.sampled_from(["uniform:5", "categorical:1,3", "fixed:2"]))
+def test_gdpp_is_linear_in_y_and_never_beats_ridge_at_the_mean_noise(seed, layers, scale, noise):
+    """GD++'s regressor is w = F(X) y at any depth, so for every context X its risk
+    ½(‖FX − I‖² + E[σ²]‖F‖²) is at least that of ridge with penalty E[σ²]."""
+    s2 = lticl.as_noise(noise).second_moment
+    with jax.enable_x64(True):
+        kp, kx, ky = jax.random.split(jax.random.key(seed), 3)
+        params = lticl.init_params(kp, "gdpp", layers, 4, scale=scale, dtype=jnp.float64)
+        x = jax.random.normal(kx, (3, 12, 4), jnp.float64)
+        y1, y2 = jax.random.normal(ky, (2, 3, 12), jnp.float64)
+        F = theory.linear_map(params, x)
+        for y in (y1, y2, y1 - 3 * y2):
+            w = lticl.weights(params, x, y)
+            assert np.allclose(jnp.einsum("bdn,bn->bd", F, y), w, rtol=1e-9, atol=1e-12 * float(jnp.abs(w).max()))
+        gdpp, ridge = theory.linear_risk(F, x, s2), theory.linear_risk(theory.ridge_map(x, s2), x, s2)
+        assert np.all(np.asarray(gdpp) >= np.asarray(ridge) * (1 - 1e-12))
+
+
+def test_a_model_that_rescales_y_is_not_linear_in_y():
+    """The contrast: with ω_yy ≠ 0 (DIAG) the map y ↦ w is not linear, so the bound does not bind."""
+    with jax.enable_x64(True):
+        params = theory.diag_model(4, [{"omega_yy": 0.05}, {"omega_yx": -0.05}])
+        x = jax.random.normal(jax.random.key(0), (2, 12, 4), jnp.float64)
+        y = jax.random.normal(jax.random.key(1), (2, 12), jnp.float64)
+        assert not np.allclose(lticl.weights(params, x, 2 * y), 2 * lticl.weights(params, x, y), rtol=1e-3)
+
+
+@pytest.mark.parametrize("noise", ["uniform:5", "categorical:1,3"])
+def test_linear_bound_is_the_adjusted_loss_of_ridge_at_the_mean_noise(noise):
+    """The closed form in σ and w agrees with a plain Monte Carlo of ridge with
+    penalty E[σ²] on sampled tasks, and the bound is 0 for fixed noise (ridge at
+    the true σ² is the oracle)."""
+    bound, se = theory.linear_bound(noise, sequences=20_000, seed=3)
+    t = stack_chunks(lticl.task_chunks(jax.random.key(4), noise, 60_000, 20, 10, jnp.float64))
+    w = bl.ridge(t.x, t.y, lticl.as_noise(noise).second_moment)
+    per_seq = np.asarray(lticl.sequence_loss(w, t.w) - oracle_loss(t))
+    sem = per_seq.std() / np.sqrt(per_seq.size)
+    assert abs(per_seq.mean() - bound) < 4 * np.hypot(sem, se)
+    assert theory.linear_bound("fixed:2", sequences=100) == (0.0, 0.0)
+    with pytest.raises(ValueError, match="closed form"):
+        theory.linear_bound(lticl.Custom(lambda k, b, dt: jnp.ones(b, dt), "one", 1.0))
+
+
+def test_the_papers_gdpp_at_uniform_5_is_below_the_bound():
+    """Table 1 has GD++ at 0.344 for σ_max = 5 (L ≥ 3) beside CONSTRR at 0.365; no
+    model linear in y can go below ridge at E[σ²] ≈ 0.361. At σ_max = 1 it is not."""
+    rows = {r["setting"]: r for r in theory.gdpp_bound(["uniform:1", "uniform:5"], sequences=5000)}
+    assert rows["uniform:5"]["paper_below_bound"] and not rows["uniform:1"]["paper_below_bound"]
+    assert 0.355 < rows["uniform:5"]["bound"] < 0.365
 
 
 def test_theory_cli(tmp_path):

@@ -465,19 +465,21 @@ class Theorem(str, Enum):
     thm51 = "thm51"
     thm52 = "thm52"
     sec53 = "sec53"
+    gdpp_bound = "gdpp_bound"
 
 
 _THEORY_TITLES = {
     "thm42": "Thm 4.2: |cos| between layer outputs y^l and (x_i(1)²)_i on noiseless data (bound: best any X c can do)",
     "thm51": "Thm 5.1: layers of GD++ (preconditioning, then one GD step) to relative error ε, against GD's steps",
     "thm52": "Thm 5.2: 2-layer model for σ ∈ {σ1, σ2}, x ~ N(0, I/n): mean ‖w² − w_ridge‖²/‖w_ridge‖²",
+    "gdpp_bound": "GD++ is linear in y: no GD++ model beats ridge at E[σ²] (bound, adjusted loss) against the paper's best GD++",
     "sec53": "§5.3: ω_xy layer then GD layer = GD step −ω_yx(1 + ω_xy λ), λ = ρ + w_olsᵀΣw_ols; noise part −ω_yx(1 + ω_xy ρ)",
 }
 
 
 @app.command()
 def theory(
-    theorem: Annotated[Theorem, typer.Argument(help="thm42, thm51, thm52 or sec53 (SPEC §8).")],
+    theorem: Annotated[Theorem, typer.Argument(help="thm42, thm51, thm52, sec53 (SPEC §8) or gdpp_bound.")],
     model: Annotated[Optional[list[Path]], typer.Option(help="thm42: model.npz file(s) to check besides the random ones.")] = None,
     format: FormatOption = Format.table,
 ) -> None:

@@ -279,3 +279,102 @@ def sec53(omega_xy: float = -5e-4, omega_yx: float = -1 / 31, sigmas=(0.0, 1.0, 
                 "loss_plain_gd_step": loss(-omega_yx * alpha),
             })
     return rows
+
+
+# ---- GD++ is linear in y: the CONSTRR bound --------------------------------------
+#
+# GD++ has ω_xy = ω_yy = 0, so the y's never enter the x's nor rescale themselves:
+# for fixed context inputs X its regressor w^L = F(X) y is linear in y, at any depth.
+# With w ~ N(0, I), y = X w + σ ε and a query x ~ N(0, I), the risk of any such F is
+# E ½‖F y − w‖² = ½(‖F X − I‖² + E[σ²] ‖F‖²), a quadratic in F whose minimiser is
+# ridge with penalty E[σ²]: F* = (XᵀX + E[σ²] I)⁻¹ Xᵀ, whatever the noise mixture.
+# So no GD++ model, of any depth, beats that ridge (the best CONSTRR) in expectation.
+
+
+def linear_risk(F, x, sigma2_mean: float):
+    """½(‖F X − I‖² + E[σ²]‖F‖²) per sequence: the expected loss of the regressor
+    w = F y over w ~ N(0, I) and noise with E[σ²] = sigma2_mean, for given inputs
+    X (x: (B, n, d), F: (B, d, n)), without the query's own noise."""
+    eye = jnp.eye(x.shape[-1], dtype=x.dtype)
+    return 0.5 * (jnp.sum((F @ x - eye) ** 2, (-2, -1)) + sigma2_mean * jnp.sum(F**2, (-2, -1)))
+
+
+def linear_map(params: Params, x):
+    """F (B, d, n) with w^L = F y for a model whose w^L is linear in y (GD++), from
+    the Jacobian at y = 0; `linear_in_y` says whether the model really is."""
+    return jax.vmap(jax.jacfwd(lambda xb, yb: weights(params, xb[None], yb[None])[0], argnums=1))(x, jnp.zeros(x.shape[:2], x.dtype))
+
+
+def ridge_map(x, penalty: float):
+    """F = (XᵀX + r I)⁻¹ Xᵀ per sequence."""
+    eye = jnp.eye(x.shape[-1], dtype=x.dtype)
+    return jnp.linalg.solve(jnp.einsum("bnd,bne->bde", x, x) + penalty * eye, jnp.swapaxes(x, -1, -2))
+
+
+def _shrinkage(mu, noise):
+    """E_σ[σ²/(μ + σ²)] over the noise distribution, in closed form (0 where μ = σ = 0)."""
+    from .noise import Categorical, Fixed, Uniform, as_noise
+
+    noise = as_noise(noise)
+    if isinstance(noise, Fixed):
+        s2 = noise.sigma**2
+        return s2 / (mu + s2) if s2 > 0 else jnp.zeros_like(mu)
+    if isinstance(noise, Categorical):
+        return sum(_shrinkage(mu, Fixed(v)) for v in noise.values) / len(noise.values)
+    if isinstance(noise, Uniform):
+        a = noise.sigma_max
+        if a == 0:
+            return jnp.zeros_like(mu)
+        # (1/a) ∫_0^a σ²/(μ + σ²) dσ = 1 − (√μ/a) arctan(a/√μ), → 1 as μ → 0
+        r = jnp.sqrt(jnp.maximum(mu, 0.0))
+        return jnp.where(r > 0, 1 - r / a * jnp.arctan(a / jnp.where(r > 0, r, 1.0)), 1.0)
+    raise ValueError(f"the bound needs the noise in closed form (fixed, uniform, categorical), not {noise.spec!r}")
+
+
+def linear_bound(noise, n: int = 20, d: int = 10, sequences: int = 20_000, seed: int = 0) -> tuple[float, float]:
+    """(mean, standard error): the adjusted loss of ridge with penalty E[σ²], the
+    least adjusted loss of any model linear in the context's y (GD++ at any depth):
+    ½ Σ_k (E_σ'[σ'²]/(μ_k + E_σ'[σ'²]) − E_σ[σ²/(μ_k + σ²)]), μ the eigenvalues of
+    XᵀX. Exact in w, ε, σ and the query; Monte Carlo over X only."""
+    from .noise import as_noise
+
+    noise = as_noise(noise)
+    n, d, sequences = (positive_int(v, name) for v, name in ((n, "n"), (d, "d"), (sequences, "sequences")))
+    s2 = getattr(noise, "second_moment", None)
+    _shrinkage(jnp.ones(1), noise)  # raises for noise without a closed form
+    with jax.enable_x64(True):
+        x = jax.random.normal(jax.random.key(seed), (sequences, n, d), jnp.float64)
+        mu = jnp.linalg.eigvalsh(jnp.einsum("bnd,bne->bde", x, x))
+        adjusted = 0.5 * jnp.sum(_shrinkage(mu, Fixed(math.sqrt(s2))) - _shrinkage(mu, noise), -1)
+        return float(jnp.mean(adjusted)), float(jnp.std(adjusted) / math.sqrt(sequences))
+
+
+def gdpp_bound(settings=None, n: int = 20, d: int = 10, sequences: int = 20_000, seed: int = 0,
+               evaluation: int = 100_000) -> list[dict]:
+    """Per noise setting: `linear_bound` (no GD++ model can beat it in expectation)
+    beside the paper's GD++ numbers (the best over depth) and its CONSTRR.
+    `evaluation_sem`: the standard error of an `evaluation`-sequence mean of ridge
+    at E[σ²] (the paper's evaluation noise, from sampled tasks); `paper_below_bound`:
+    `below_bound` for the paper's best GD++."""
+    from . import baselines
+    from .metrics import oracle_loss, sequence_loss
+    from .noise import as_noise
+    from .paper import paper_settings, paper_value
+
+    rows = []
+    for i, s in enumerate(settings or paper_settings()):
+        bound, se = linear_bound(s, n, d, sequences, seed + i)
+        with jax.enable_x64(True):
+            t = sample_tasks(jax.random.fold_in(jax.random.key(seed), 1000 + i), s, sequences, n, d, jnp.float64)
+            per_seq = sequence_loss(baselines.ridge(t.x, t.y, as_noise(s).second_moment), t.w) - oracle_loss(t)
+            sem = float(jnp.std(per_seq)) / math.sqrt(evaluation)
+        best = min(v for L in range(1, 8) if (v := paper_value("gdpp", s, L)) is not None)
+        rows.append({"setting": s, "bound": bound, "bound_se": se, "evaluation_sem": sem, "paper_gdpp_best": best,
+                     "paper_constrr": paper_value("constrr", s), "paper_below_bound": below_bound(best, bound, sem)})
+    return rows
+
+
+def below_bound(value: float, bound: float, sem: float, rounding: float = 5e-4) -> bool:
+    """A reported mean lies under a lower bound by more than 3 standard errors of
+    its evaluation plus the rounding of a 3-decimal table."""
+    return value < bound - 3 * sem - rounding
