@@ -81,6 +81,14 @@ def _chunk_losses(tasks: Tasks, fns: tuple, tuned: tuple) -> dict[str, Array]:
     return {**losses, "oracle_loss": ref}
 
 
+def per_sequence(fn: Callable[[Tasks], object], key: Array, noise, sequences: int, n: int, d: int,
+                 dtype=jnp.float32):
+    """`fn(tasks)` (a pytree of arrays whose last axis is the sequence) over
+    `sequences` fresh sequences in chunks, concatenated on the host."""
+    chunks = [jax.device_get(fn(t)) for t in task_chunks(key, noise, sequences, n, d, dtype)]
+    return jax.tree.map(lambda *parts: np.concatenate(parts, axis=-1), *chunks)
+
+
 def evaluate(
     methods: dict[str, Method],
     key: Array,
@@ -102,11 +110,8 @@ def evaluate(
         fn, kw = (m.fn, m.tuned) if isinstance(m, baselines.Fitted) else (m, {})
         fns.append((name, fn))
         tuned.append({k: jnp.asarray(v, dtype) for k, v in kw.items()})
-    chunks = [
-        jax.device_get(_chunk_losses(t, tuple(fns), tuple(tuned)))
-        for t in task_chunks(key, noise, sequences, n, d, dtype)
-    ]
-    return {name: Evaluation.of(np.concatenate([c[name] for c in chunks])) for name in chunks[0]}
+    losses = per_sequence(lambda t: _chunk_losses(t, tuple(fns), tuple(tuned)), key, noise, sequences, n, d, dtype)
+    return {name: Evaluation.of(v) for name, v in losses.items()}
 
 
 def adjusted_loss(method: Method, key, noise, sequences: int, n: int, d: int, dtype=jnp.float32) -> Evaluation:
@@ -129,8 +134,7 @@ def per_layer_profile(
 ) -> list[Evaluation]:
     """Adjusted loss of the implicit prediction <w^l, x_query> after each layer
     l = 0..L (l = 0 predicts 0) on the same fresh sequences."""
-    per_seq = []
-    for tasks in task_chunks(key, noise, sequences, n, params.d, dtype):
-        w_layers = implicit_state(params, tasks.x, tasks.y).w  # (L+1, B, d)
-        per_seq.append(np.asarray(sequence_loss(w_layers, tasks.w) - oracle_loss(tasks)))
-    return [Evaluation.of(v) for v in np.concatenate(per_seq, axis=-1)]
+    # implicit_state(...).w is (L+1, B, d): one row of per-sequence losses per layer
+    per_seq = per_sequence(lambda t: sequence_loss(implicit_state(params, t.x, t.y).w, t.w) - oracle_loss(t),
+                           key, noise, sequences, n, params.d, dtype)
+    return [Evaluation.of(v) for v in per_seq]

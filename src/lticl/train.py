@@ -33,10 +33,10 @@ import optax
 from jax import Array
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from .metrics import Evaluation, oracle_loss, sequence_loss
+from .metrics import Evaluation, oracle_loss, per_sequence, sequence_loss
 from .model import Params, _final_weights, canonical_variant, gd_init, init_params, predict
 from .noise import Categorical, Fixed, Uniform, as_noise
-from .tasks import data_key, positive_int, sigma_key, task_chunks, tasks_given_sigma
+from .tasks import data_key, positive_int, sigma_key, tasks_given_sigma
 from .theory import best_one_step_size
 
 OBJECTIVES = ("query_averaged", "sampled_query")
@@ -315,9 +315,8 @@ def _adjusted_losses(params: Params, tasks) -> tuple[Array, Array]:
 def evaluate_models(params: Params, key: Array, noise, sequences: int, n: int) -> tuple[list[Evaluation], Evaluation]:
     """Adjusted loss of each of K models stacked on a leading axis, all on the same
     fresh sequences, and the oracle's loss there; one compiled program per model shape."""
-    parts = [jax.device_get(_adjusted_losses(params, t)) for t in task_chunks(key, noise, sequences, n, params.d)]
-    adjusted = np.concatenate([a for a, _ in parts], axis=1)
-    return [Evaluation.of(v) for v in adjusted], Evaluation.of(np.concatenate([o for _, o in parts]))
+    adjusted, oracle = per_sequence(lambda t: _adjusted_losses(params, t), key, noise, sequences, n, params.d)
+    return [Evaluation.of(v) for v in adjusted], Evaluation.of(oracle)
 
 
 def _stack(trees):
