@@ -483,7 +483,7 @@ def theory(
     model: Annotated[Optional[list[Path]], typer.Option(help="thm42: model.npz file(s) to check besides the random ones.")] = None,
     format: FormatOption = Format.table,
 ) -> None:
-    """Check one of the paper's theorems numerically (float64) and print the table."""
+    """Check one of the paper's theorems, or the GD++ bound, numerically (float64) and print the table."""
     from . import theory as th
 
     kwargs = {}
