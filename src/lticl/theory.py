@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .model import Params, check_params, gd_init, implicit_state, init_params, weights
-from .noise import Fixed
+from .noise import Categorical, Fixed, Uniform, as_noise
 from .tasks import positive_int, sample_tasks
 
 
@@ -301,7 +301,7 @@ def linear_risk(F, x, sigma2_mean: float):
 
 def linear_map(params: Params, x):
     """F (B, d, n) with w^L = F y for a model whose w^L is linear in y (GD++), from
-    the Jacobian at y = 0; `linear_in_y` says whether the model really is."""
+    the Jacobian at y = 0; for any other model it is only the linearisation there."""
     return jax.vmap(jax.jacfwd(lambda xb, yb: weights(params, xb[None], yb[None])[0], argnums=1))(x, jnp.zeros(x.shape[:2], x.dtype))
 
 
@@ -313,8 +313,6 @@ def ridge_map(x, penalty: float):
 
 def _shrinkage(mu, noise):
     """E_σ[σ²/(μ + σ²)] over the noise distribution, in closed form (0 where μ = σ = 0)."""
-    from .noise import Categorical, Fixed, Uniform, as_noise
-
     noise = as_noise(noise)
     if isinstance(noise, Fixed):
         s2 = noise.sigma**2
@@ -336,12 +334,10 @@ def linear_bound(noise, n: int = 20, d: int = 10, sequences: int = 20_000, seed:
     least adjusted loss of any model linear in the context's y (GD++ at any depth):
     ½ Σ_k (E_σ'[σ'²]/(μ_k + E_σ'[σ'²]) − E_σ[σ²/(μ_k + σ²)]), μ the eigenvalues of
     XᵀX. Exact in w, ε, σ and the query; Monte Carlo over X only."""
-    from .noise import as_noise
-
     noise = as_noise(noise)
     n, d, sequences = (positive_int(v, name) for v, name in ((n, "n"), (d, "d"), (sequences, "sequences")))
-    s2 = getattr(noise, "second_moment", None)
-    _shrinkage(jnp.ones(1), noise)  # raises for noise without a closed form
+    _shrinkage(jnp.ones(1), noise)  # raises for noise without a closed form, before any work
+    s2 = noise.second_moment
     with jax.enable_x64(True):
         x = jax.random.normal(jax.random.key(seed), (sequences, n, d), jnp.float64)
         mu = jnp.linalg.eigvalsh(jnp.einsum("bnd,bne->bde", x, x))
@@ -358,7 +354,6 @@ def gdpp_bound(settings=None, n: int = 20, d: int = 10, sequences: int = 20_000,
     `below_bound` for the paper's best GD++."""
     from . import baselines
     from .metrics import oracle_loss, sequence_loss
-    from .noise import as_noise
     from .paper import paper_settings, paper_value
 
     rows = []
