@@ -69,10 +69,11 @@ def test_smoke_reproduction_writes_table_and_every_figure(smoke):
     assert {r["setting"] for r in rows} == set(paper_settings())
     # GD++ rows carry the bound of models linear in y: one per setting, 0 without
     # noise, growing with σ_max; a row flagged below it has the paper's value under it.
-    bound = {(r["setting"], r["bound"]) for r in rows if r["model"] == "GD++"}
+    pairs = {(r["setting"], r["bound"]) for r in rows if r["model"] == "GD++"}
     assert all(r["bound"] == "" and r["below_bound"] == "False" for r in rows if r["model"] != "GD++")
-    bound = dict(bound)
-    assert len(bound) == 10 and float(bound["uniform:0"]) == 0.0
+    assert len(pairs) == 10  # one bound per setting, the same at every depth
+    bound = dict(pairs)
+    assert float(bound["uniform:0"]) == 0.0
     uniform = [float(bound[s]) for s in paper_settings() if s.startswith("uniform")]
     assert uniform == sorted(uniform) and uniform[-1] > 0.4
     assert all(float(r["paper"]) < float(r["bound"]) for r in rows if r["below_bound"] == "True")
