@@ -41,7 +41,7 @@ def main() -> None:
         ok = tolerance_ok(r.evaluation.mean, paper)
         within += ok
         print(f"{s:18s} ours {r.evaluation.mean:<10.4g} paper {paper:<9.4g} {'within' if ok else 'MISS  '} "
-              f"worst {r.evaluation.worst:<9.3g} validation worst {r.validation[r.seed].worst:<9.3g} "
+              f"worst {r.evaluation.worst:<9.3g} worst of {r.config.tail_sequences:,} {r.tail[r.seed].worst:<9.3g} "
               f"recoveries {r.recoveries.tolist()}")
     print(f"{variant}-{layers} {over}: {within}/10 within, {time.perf_counter() - started:.0f} s")
 

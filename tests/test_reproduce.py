@@ -27,16 +27,16 @@ def test_targets_need_the_runs_they_plot():
 
 
 def test_a_heavy_tailed_cell_is_trained_again_with_twice_the_seeds(tmp_path):
-    """A cell whose chosen seed shows a heavy tail on validation gets twice the
+    """A cell whose chosen seed shows a heavy tail on its tail set gets twice the
     seeds, and seed 0 of the new run is the first run again (to float32 rounding:
     the two seeds train spread over two devices)."""
-    tiny = dict(steps=20, batch=64, chunk=10, validation_sequences=500, evaluation_sequences=500)
+    tiny = dict(steps=20, batch=64, chunk=10, validation_sequences=500, evaluation_sequences=500, tail_sequences=2000)
     key = ("diag", 2, "uniform:1")
     rep = Reproduction(tmp_path, "smoke", **tiny)
     rep.train({key})
     assert not rep.retried and rep.config(*key).seeds == 1  # a tame cell is left alone
     first = load_npz(rep.directory(key) / "model.npz")
-    rep.metrics[key]["validation"][0]["worst"] = 1e6  # as if one validation sequence had blown up
+    rep.metrics[key]["tail"][0]["worst"] = 1e6  # as if one tail-set sequence had blown up
     rep.train({key})
     assert rep.retried == {key} and rep.config(*key).seeds == 2
     assert len(rep.metrics[key]["validation"]) == 2

@@ -14,7 +14,8 @@ import pytest
 from lticl.runs import CHECKPOINT, METRICS, config_hash, load_checkpoint, run, run_groups, run_name, save_checkpoint
 from lticl.train import TrainConfig, budget_config, init_state, run_steps
 
-TINY = dict(d=3, n=8, batch=64, steps=40, chunk=10, seeds=2, validation_sequences=500, evaluation_sequences=500)
+TINY = dict(d=3, n=8, batch=64, steps=40, chunk=10, seeds=2, validation_sequences=500, evaluation_sequences=500,
+            tail_sequences=2000)
 
 
 def test_checkpoint_round_trip_is_exact(tmp_path):

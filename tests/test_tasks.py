@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lticl
-from lticl.tasks import CHUNK, data_key, stack_chunks
+from lticl.tasks import CHUNK, data_key, stack_chunks, tail_score, tail_tasks, task_chunks
 
 
 @given(st.integers(1, 5), st.integers(1, 6), st.integers(1, 6))
@@ -51,7 +51,7 @@ def test_chunks_are_prefix_stable():
 
 
 def test_data_keys_differ_by_purpose_and_setting():
-    keys = [data_key(0, s, p) for s in ("uniform:1", "uniform:2") for p in ("train", "tune", "evaluation")]
+    keys = [data_key(0, s, p) for s in ("uniform:1", "uniform:2") for p in ("train", "tune", "evaluation", "tail")]
     raw = {tuple(np.asarray(jax.random.key_data(k)).ravel()) for k in keys}
     assert len(raw) == len(keys)
     # the same setting written differently is the same stream
@@ -59,6 +59,24 @@ def test_data_keys_differ_by_purpose_and_setting():
                           jax.random.key_data(data_key(0, "uniform:2", "tune")))
     with pytest.raises(ValueError, match="unknown data purpose"):
         data_key(0, "uniform:1", "test")
+
+
+def test_tail_score_is_mean_y2_times_top_eigenvalue():
+    t = lticl.sample_tasks(jax.random.key(3), "uniform:5", 4000, 20, 10, jnp.float64)
+    g = np.einsum("bni,bnj->bij", t.x, t.x) / 20
+    exact = np.mean(np.asarray(t.y) ** 2, axis=1) * np.linalg.eigvalsh(g)[:, -1]
+    score = np.asarray(tail_score(t))
+    # a Rayleigh quotient: never above λ_max, and at it to 1e-6 for all but rare near-ties
+    assert np.all(score <= exact * (1 + 1e-12))
+    assert np.quantile(np.abs(score / exact - 1), 0.99) < 1e-6
+
+
+def test_tail_tasks_are_the_top_scores_of_the_pool():
+    key, pool = data_key(0, "uniform:3", "tail"), 2 * CHUNK + 100
+    everything = np.asarray(tail_score(stack_chunks(task_chunks(key, "uniform:3", pool, 20, 10))))
+    top = tail_tasks(key, "uniform:3", pool, 50, 20, 10)
+    np.testing.assert_allclose(np.asarray(tail_score(top)), np.sort(everything)[::-1][:50], rtol=1e-6)  # float32
+    assert tail_tasks(key, "uniform:3", 30, 50, 20, 10).batch == 30  # never more than the pool
 
 
 @pytest.mark.parametrize("kwargs,match", [(dict(n=0), "n must be >= 1"), (dict(d=-1), "d must be >= 1"),

@@ -52,7 +52,7 @@ def test_thm42_no_layer_output_aligns_with_a_quadratic_feature():
     n = 5000 ≫ d = 10 every layer's |cos(y^l, x(1)²)| ≤ 0.1, and never above the
     column-space bound that Thm 4.2's argument gives."""
     trained = train(TrainConfig("full", 2, "uniform:1", batch=256, steps=100, chunk=50, seeds=1,
-                                validation_sequences=500, evaluation_sequences=500)).params
+                                validation_sequences=500, evaluation_sequences=500, tail_sequences=2000)).params
     models = {**theory.default_thm42_models(), "trained FULL-2": trained}
     rows = theory.thm42(models, sequences=8)
     assert {r["model"] for r in rows} == set(models)

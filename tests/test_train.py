@@ -1,16 +1,22 @@
 from dataclasses import replace
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import lticl
 from lticl import baselines as bl
 from lticl.metrics import Evaluation
-from lticl.tasks import data_key, stack_chunks, task_chunks
-from lticl.train import TrainConfig, init_state, run_steps, select_best, train, train_group
+from lticl.metrics import oracle_loss, sequence_loss
+from lticl.model import _final_weights, gd_init
+from lticl.tasks import data_key, stack_chunks, tail_tasks, task_chunks
+from lticl.theory import best_one_step_size
+from lticl.train import (TAIL_KEEP, TrainConfig, heavy_tailed, init_state, run_steps, select_best, train,
+                         train_group)
 
-TINY = dict(d=3, n=8, batch=64, steps=6, chunk=3, validation_sequences=500, evaluation_sequences=500)
+TINY = dict(d=3, n=8, batch=64, steps=6, chunk=3, validation_sequences=500, evaluation_sequences=500,
+            tail_sequences=2000)
 
 
 def leaves_close(a, b, rtol=1e-5):
@@ -66,7 +72,7 @@ def test_training_beats_the_best_one_layer_model():
     """A 3-layer DIAG model trained briefly beats one GD step with the best step size
     (the best any 1-layer model can do) on fresh sequences."""
     config = TrainConfig("diag", 3, "uniform:1", d=3, n=8, batch=256, steps=300, chunk=100, lr=1e-2,
-                         seeds=2, validation_sequences=2000, evaluation_sequences=20_000)
+                         seeds=2, validation_sequences=2000, evaluation_sequences=20_000, tail_sequences=20_000)
     result = train(config)
     tune = stack_chunks(task_chunks(data_key(0, config.noise, "tune"), config.noise, 20_000, 8, 3))
     eta = bl.tune_gd(tune, 1)
@@ -83,6 +89,21 @@ def test_sampled_query_objective_trains():
     assert np.isfinite(result.losses).all()
 
 
+def test_tail_set_finds_the_worst_sequence_of_an_unstable_model():
+    """GD with a step too long for large λ_max blows up as (1 − ηλ)^L‖w‖: the tail
+    set (top 1024 of 50k by mean(y²)·λ_max) holds the pool's worst sequence, and
+    heavy_tailed says so; one-step-optimal GD is tame there."""
+    key, pool = data_key(0, "uniform:5", "tail"), 50_000
+    everything = stack_chunks(task_chunks(key, "uniform:5", pool, 20, 10, jnp.float64))
+    top = tail_tasks(key, "uniform:5", pool, TAIL_KEEP, 20, 10, jnp.float64)
+    for eta, tailed in ((0.5, True), (best_one_step_size(20, 10, 25 / 3), False)):
+        p = gd_init(jax.random.key(0), "full", 3, 10, 1, eta, 0.0)
+        loss = lambda t: np.asarray(sequence_loss(_final_weights(p, t.x, t.y), t.w) - oracle_loss(t))
+        assert heavy_tailed(Evaluation.of(loss(top)), 10) == tailed
+        if tailed:
+            assert loss(top).max() == loss(everything).max()
+
+
 def test_select_best_skips_broken_seeds():
     ok = Evaluation(0.3, 0.01, 2.0, 0, 0.01, 100)
     better_but_broken = Evaluation(float("nan"), float("nan"), float("nan"), 3, float("nan"), 100)
@@ -96,13 +117,18 @@ def test_select_best_skips_broken_seeds():
     tailed = Evaluation(0.1, 0.01, 1e7, 0, 0.01, 100)
     assert select_best([ok, tailed], worst_limit=500) == 0
     assert select_best([tailed], worst_limit=500) == 0
+    # with tail sets, a seed is tame when neither its validation nor its tail set has a tail
+    worse = Evaluation(0.35, 0.01, 2.0, 0, 0.01, 100)
+    assert select_best([ok, worse], tail=[tailed, ok], worst_limit=500) == 1
+    assert select_best([tailed, worse], tail=[ok, ok], worst_limit=500) == 1
 
 
 def test_a_run_that_cannot_recover_stops_loudly():
     """An initial model that overflows on some sequences fails every batch: the run
     must stop with an explanation, not train on with a vanishing learning rate."""
     config = TrainConfig("full", 7, "uniform:7", init_scale=0.5, steps=40, chunk=10, max_recoveries=10,
-                         patience=1, batch=512, seeds=2, validation_sequences=500, evaluation_sequences=500)
+                         patience=1, batch=512, seeds=2, validation_sequences=500, evaluation_sequences=500,
+                         tail_sequences=2000)
     with pytest.raises(RuntimeError, match="every seed was rolled back 10 times"):
         train(config)
 
@@ -111,7 +137,8 @@ def test_a_failed_config_does_not_stop_its_group():
     """Beside a config that trains, one that cannot recover is reported unusable
     (its evaluation shows why) instead of stopping the sweep."""
     broken = TrainConfig("full", 7, "uniform:7", init_scale=0.5, steps=40, chunk=10, max_recoveries=10,
-                         patience=1, batch=512, seeds=2, validation_sequences=500, evaluation_sequences=500)
+                         patience=1, batch=512, seeds=2, validation_sequences=500, evaluation_sequences=500,
+                         tail_sequences=2000)
     fine = replace(broken, noise="uniform:1", init_scale=1e-3)
     bad, good = train_group([broken, fine])
     assert (bad.recoveries >= 10).all() and not bad.usable

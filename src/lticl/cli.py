@@ -243,7 +243,8 @@ def train(
     resume: Annotated[bool, typer.Option(help="Continue the checkpoint in --out (or reuse its finished result).")] = False,
 ) -> None:
     """Train a linear transformer and evaluate the best seed on fresh sequences."""
-    from .train import budget_config
+    from .metrics import Evaluation
+    from .train import budget_config, heavy_tailed
 
     try:
         config = budget_config(budget.value, variant.value, layers, noise, heads=heads, d=d, n=n, steps=steps,
@@ -257,8 +258,14 @@ def train(
     if not metrics.get("usable", True):
         err.print(f"[bold red]warning:[/] no seed trained to a usable model (every seed failed or has non-finite "
                   f"validation losses); the numbers below are the least broken seed's. See {out}/metrics.json.")
+    tail = Evaluation(**metrics["tail"][metrics["seed"]])
+    if heavy_tailed(tail, config.d):
+        err.print(f"[bold yellow]warning:[/] heavy tail: among {config.tail_sequences:,} fresh sequences one has "
+                  f"adjusted loss {tail.worst:.3g}, so a mean over that many would not hold; more --seeds may "
+                  f"find a tame one.")
     Console().print(f"adjusted loss {ev['mean']:.4f} ± {ev['sem']:.4f} (worst sequence {ev['worst']:.3g}, "
-                    f"{ev['nonfinite']} non-finite) from seed {metrics['seed']}; recoveries {metrics['recoveries']}; "
+                    f"{ev['nonfinite']} non-finite; worst of {config.tail_sequences:,} {tail.worst:.3g}) "
+                    f"from seed {metrics['seed']}; recoveries {metrics['recoveries']}; "
                     f"wrote {out}/model.npz, metrics.json, config.json")
 
 

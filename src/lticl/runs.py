@@ -121,6 +121,7 @@ def metrics_of(result: TrainResult, seconds: float) -> dict:
         "skipped_steps": result.skipped.tolist(),
         "evaluation": ev.to_dict(),
         "validation": [v.to_dict() for v in result.validation],
+        "tail": [v.to_dict() for v in result.tail],
         "seconds": seconds,
     }
 

@@ -116,12 +116,52 @@ def task_chunks(
         yield chunk if size == CHUNK else jax.tree.map(lambda a: a[:size], chunk)
 
 
+@jax.jit
+def tail_score(tasks: Tasks) -> Array:
+    """mean(y²) · λ_max(XᵀX/n) per sequence (B,): large where trained models blow up.
+
+    The sequences on which laptop-budget models had losses of 10³–10²⁰ were all
+    among the top 0.01% of mean(y²) with λ_max above its 99th percentile
+    (docs/training.md). λ_max is the Rayleigh quotient of G²⁵⁶·1 (eight squarings, far
+    cheaper than eigvalsh on a CPU): a score, not an eigenvalue to many digits."""
+    g = jnp.einsum("bni,bnj->bij", tasks.x, tasks.x) / tasks.n
+    power = g
+    for _ in range(8):
+        power = power @ power
+        power = power / jnp.max(jnp.abs(power), axis=(1, 2), keepdims=True)
+    v = jnp.sum(power, axis=2)
+    v = v / jnp.linalg.norm(v, axis=1, keepdims=True)
+    return jnp.mean(tasks.y**2, axis=1) * jnp.einsum("bi,bij,bj->b", v, g, v)
+
+
+def tail_tasks(
+    key: Array,
+    noise: NoiseDistribution | str | float,
+    pool: int,
+    keep: int,
+    n: int,
+    d: int,
+    dtype=jnp.float32,
+) -> Tasks:
+    """The `keep` sequences with the largest `tail_score` among `pool` fresh ones
+    (in descending score). A model's worst loss on them stands in for its worst
+    loss on all `pool` sequences, at the cost of evaluating `keep`."""
+    keep = min(positive_int(keep, "keep"), positive_int(pool, "pool"))
+    best, scores = None, None
+    for chunk in task_chunks(key, noise, pool, n, d, dtype):
+        both = chunk if best is None else Tasks(*(jnp.concatenate(p) for p in zip(best, chunk)))
+        s = tail_score(chunk) if scores is None else jnp.concatenate([scores, tail_score(chunk)])
+        scores, top = jax.lax.top_k(s, min(keep, s.shape[0]))
+        best = jax.tree.map(lambda a: a[top], both)
+    return best
+
+
 def stack_chunks(chunks: Iterator[Tasks]) -> Tasks:
     """Concatenate chunks into one Tasks (for sets small enough to hold at once)."""
     return Tasks(*(jnp.concatenate(parts) for parts in zip(*chunks)))
 
 
-_PURPOSES = ("train", "tune", "validation", "evaluation")
+_PURPOSES = ("train", "tune", "validation", "evaluation", "tail")  # appended only: indices are keys
 
 
 def data_key(seed: int, noise: NoiseDistribution | str | float, purpose: str) -> Array:

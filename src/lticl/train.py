@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, replace
-from functools import cached_property, partial
+from functools import cached_property, lru_cache, partial
 from typing import Callable, NamedTuple
 
 import jax
@@ -36,7 +36,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from .metrics import Evaluation, oracle_loss, per_sequence, sequence_loss
 from .model import Params, _final_weights, canonical_variant, gd_init, init_params, predict
 from .noise import Categorical, Fixed, Uniform, as_noise
-from .tasks import data_key, positive_int, sigma_key, tasks_given_sigma
+from .tasks import Tasks, data_key, positive_int, sigma_key, tail_tasks, tasks_given_sigma
 from .theory import best_one_step_size
 
 OBJECTIVES = ("query_averaged", "sampled_query")
@@ -75,13 +75,17 @@ class TrainConfig:
     max_recoveries: int = 20  # a seed rolled back this often has failed
     validation_sequences: int = 20_000
     evaluation_sequences: int = 100_000
+    # Seeds are also checked on the TAIL_KEEP sequences most likely to blow a model
+    # up among this many fresh ones (tasks.tail_tasks): a tail that a mean over the
+    # validation set hides shows there, as it would on this many evaluation sequences.
+    tail_sequences: int = 1_000_000
 
     def __post_init__(self):
         object.__setattr__(self, "variant", canonical_variant(self.variant))
         object.__setattr__(self, "noise", as_noise(self.noise).spec)
         noise_atoms(self.noise)  # raises for noise that training cannot draw
         for name in ("layers", "heads", "d", "n", "steps", "batch", "seeds", "chunk", "patience", "max_recoveries",
-                     "validation_sequences", "evaluation_sequences"):
+                     "validation_sequences", "evaluation_sequences", "tail_sequences"):
             object.__setattr__(self, name, positive_int(getattr(self, name), name))
         if self.objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {self.objective!r}; expected one of {', '.join(OBJECTIVES)}")
@@ -104,7 +108,7 @@ class TrainConfig:
         data (in TrainState), so configs differing only there share one program and
         can train side by side in one vmapped call."""
         return replace(self, noise="fixed:0", seed=0, seeds=1, init="gd", init_scale=1.0,
-                       validation_sequences=1, evaluation_sequences=1)
+                       validation_sequences=1, evaluation_sequences=1, tail_sequences=1)
 
 
 MAX_ATOMS = 8
@@ -138,7 +142,7 @@ def _draw_sigma(key: Array, atoms: Array, count: Array, batch: int) -> Array:
 # "paper" is the paper's own (SPEC §7: Adam 1e-4, batch 2048, 200k steps, best of 5).
 BUDGETS: dict[str, dict] = {
     "smoke": dict(steps=60, batch=256, seeds=1, lr=1e-3, warmup=10, chunk=30, validation_sequences=2000,
-                  evaluation_sequences=5000),
+                  evaluation_sequences=5000, tail_sequences=20_000),
     "laptop": dict(steps=2000, batch=512, seeds=1),
     "paper": dict(steps=200_000, batch=2048, lr=1e-4, warmup=0, final_lr_fraction=1.0, seeds=5,
                   objective="sampled_query", init="random", chunk=1000),
@@ -275,31 +279,42 @@ class TrainResult(NamedTuple):
     recoveries: np.ndarray  # (K,)
     skipped: np.ndarray  # (K,)
     validation: list[Evaluation]  # per seed, adjusted loss on validation sequences
+    tail: list[Evaluation]  # per seed, adjusted loss on the tail set (its worst is what counts)
     evaluation: Evaluation  # the best seed's adjusted loss on fresh evaluation sequences
     oracle_loss: Evaluation
     usable: bool = True  # False: every seed failed or has non-finite validation losses
 
 
-# A validation sequence whose loss exceeds TAIL × d/2 (100 times the loss of
+# A tail-set sequence whose loss exceeds TAIL × d/2 (100 times the loss of
 # predicting 0) marks a heavy tail: seed selection avoids such seeds, and the
 # reproduction gives such a cell more seeds.
 TAIL = 100.0
+TAIL_KEEP = 1024  # sequences in a tail set
 
 
-def heavy_tailed(validation: Evaluation, d: int) -> bool:
-    return not validation.worst <= TAIL * d / 2  # nan counts as a tail
+def heavy_tailed(tail: Evaluation, d: int) -> bool:
+    return not tail.worst <= TAIL * d / 2  # nan counts as a tail
 
 
-def select_best(validation: list[Evaluation], failed=None, worst_limit: float = np.inf) -> int:
+@lru_cache(maxsize=32)
+def tail_set(seed: int, noise: str, pool: int, n: int, d: int) -> Tasks:
+    """The tail set of a run (`tasks.tail_tasks` on its own stream), computed once
+    per process: every depth and variant of a noise setting shares it."""
+    return tail_tasks(data_key(seed, noise, "tail"), noise, pool, TAIL_KEEP, n, d)
+
+
+def select_best(validation: list[Evaluation], failed=None, tail: list[Evaluation] | None = None,
+                worst_limit: float = np.inf) -> int:
     """The seed with the lowest validation mean among those that did not fail in
-    training and have no non-finite validation loss, preferring seeds with no
-    validation sequence above `worst_limit` (a heavy tail that a mean hides).
-    Raises if no seed is usable."""
+    training and have no non-finite validation loss, preferring seeds whose worst
+    sequence, of validation and of `tail`, is at most `worst_limit` (a heavy tail
+    that a mean hides). Raises if no seed is usable."""
     failed = np.zeros(len(validation), bool) if failed is None else np.asarray(failed)
     usable = [i for i, v in enumerate(validation) if not failed[i] and v.nonfinite == 0 and np.isfinite(v.mean)]
     if not usable:
         raise RuntimeError("no seed is usable (each failed in training or has non-finite validation losses)")
-    tame = [i for i in usable if validation[i].worst <= worst_limit]
+    tail = validation if tail is None else tail
+    tame = [i for i in usable if max(validation[i].worst, tail[i].worst) <= worst_limit]
     return min(tame or usable, key=lambda i: validation[i].mean)
 
 
@@ -415,8 +430,10 @@ def train_group(
         rec, skip = (np.asarray(a)[bounds[i]:bounds[i + 1]] for a in (state.recoveries, state.skipped))
         validation, _ = evaluate_models(all_params, data_key(c.seed, c.noise, "validation"), c.noise,
                                         c.validation_sequences, c.n)
+        tails = [Evaluation.of(v) for v in np.asarray(_adjusted_losses(all_params, tail_set(c.seed, c.noise,
+                                                                                           c.tail_sequences, c.n, c.d))[0])]
         try:
-            best, usable = select_best(validation, rec >= c.max_recoveries, TAIL * c.d / 2), True
+            best, usable = select_best(validation, rec >= c.max_recoveries, tails, TAIL * c.d / 2), True
         except RuntimeError:
             # Reported, not raised, so that one broken cell does not stop a sweep: the
             # result says usable=False and its evaluation shows the non-finite losses.
@@ -426,7 +443,7 @@ def train_group(
                                                 data_key(c.seed, c.noise, "evaluation"), c.noise,
                                                 c.evaluation_sequences, c.n)
         results.append(TrainResult(c, params, best, all_params, history[bounds[i]:bounds[i + 1]], rec, skip,
-                                   validation, evaluation, oracle, usable))
+                                   validation, tails, evaluation, oracle, usable))
     return results
 
 
