@@ -1,3 +1,4 @@
+import os
 from dataclasses import replace
 
 import jax
@@ -13,7 +14,7 @@ from lticl.model import _final_weights, gd_init
 from lticl.tasks import data_key, stack_chunks, tail_tasks, task_chunks
 from lticl.theory import best_one_step_size
 from lticl.train import (TAIL_KEEP, TrainConfig, heavy_tailed, init_state, run_steps, select_best, train,
-                         train_group)
+                         train_group, use_cpu_cores)
 
 TINY = dict(d=3, n=8, batch=64, steps=6, chunk=3, validation_sequences=500, evaluation_sequences=500,
             tail_sequences=2000)
@@ -171,3 +172,13 @@ def test_failed_steps_are_skipped_then_rolled_back():
     np.testing.assert_array_equal(end.recoveries, [3, 3])
     np.testing.assert_allclose(end.lr_scale, [0.125, 0.125])
     leaves_close(end.params, state.params, rtol=0)
+
+
+def test_use_cpu_cores_lets_a_late_core_wait_unless_told_otherwise(monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
+    use_cpu_cores()
+    assert os.environ["XLA_FLAGS"].split() == ["--xla_cpu_enable_fast_math=false",
+                                              "--xla_cpu_collective_call_terminate_timeout_seconds=3600"]
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_collective_call_terminate_timeout_seconds=5")
+    use_cpu_cores()
+    assert os.environ["XLA_FLAGS"] == "--xla_cpu_collective_call_terminate_timeout_seconds=5"

@@ -342,7 +342,15 @@ def use_cpu_cores(count: int | None = None) -> int:
     """Expose `count` (default: every core) CPU devices to JAX, so that the models
     of a group train on all cores at once (`train_group` spreads them). It has to
     run before JAX's first operation; after that it changes nothing. Returns the
-    number of local devices."""
+    number of local devices.
+
+    It also lets a spread group wait an hour, not XLA's 40 s, for a core that is late
+    at a collective: on a machine busy with other work (a Table 1 run beside the test
+    suite) the default aborted the whole process. XLA reads XLA_FLAGS at its first
+    operation; a value you set there wins."""
+    flag = "--xla_cpu_collective_call_terminate_timeout_seconds"
+    if flag not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flag}=3600".strip()
     try:
         jax.config.update("jax_num_cpu_devices", count or os.cpu_count() or 1)
     except RuntimeError:  # the backend is already up
