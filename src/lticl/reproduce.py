@@ -260,7 +260,7 @@ def write_table1(rows: list[dict], out: Path, budget: str) -> None:
              "the sequences most likely to blow a model up among N fresh ones (`tasks.tail_tasks`). "
              "*tail*: within tolerance on the evaluation, but that one sequence alone would move a mean over "
              "those N sequences out of it (ours + worst/N is not within). *seeds*: the model is the best of these on "
-             "validation (more than the budget's where the first had a heavy tail on its tail set). "
+             "validation (more than the budget's where the first had a heavy tail on validation or its tail set). "
              "*paper below bound*: GD++ is linear in the context's y, so in expectation no GD++ model beats "
              "ridge with penalty E[σ²] (`lticl theory gdpp_bound`); the paper's number is below that bound "
              "by more than 3 standard errors of the evaluation plus its rounding.", "",

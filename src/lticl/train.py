@@ -285,7 +285,7 @@ class TrainResult(NamedTuple):
     usable: bool = True  # False: every seed failed or has non-finite validation losses
 
 
-# A tail-set sequence whose loss exceeds TAIL × d/2 (100 times the loss of
+# A validation or tail-set sequence whose loss exceeds TAIL × d/2 (100 times the loss of
 # predicting 0) marks a heavy tail: seed selection avoids such seeds, and the
 # reproduction gives such a cell more seeds.
 TAIL = 100.0
@@ -438,8 +438,8 @@ def train_group(
         rec, skip = (np.asarray(a)[bounds[i]:bounds[i + 1]] for a in (state.recoveries, state.skipped))
         validation, _ = evaluate_models(all_params, data_key(c.seed, c.noise, "validation"), c.noise,
                                         c.validation_sequences, c.n)
-        tails = [Evaluation.of(v) for v in np.asarray(_adjusted_losses(all_params, tail_set(c.seed, c.noise,
-                                                                                           c.tail_sequences, c.n, c.d))[0])]
+        hardest = tail_set(c.seed, c.noise, c.tail_sequences, c.n, c.d)
+        tails = [Evaluation.of(v) for v in np.asarray(_adjusted_losses(all_params, hardest)[0])]
         try:
             best, usable = select_best(validation, rec >= c.max_recoveries, tails, TAIL * c.d / 2), True
         except RuntimeError:
