@@ -12,12 +12,22 @@ import pytest
 from conftest import assert_one_line_error, run_cli
 from lticl.io import load_npz
 from lticl.paper import paper_settings, paper_value
-from lticl.reproduce import FIGURES, Reproduction, needed, tolerance_ok
+from lticl.reproduce import FIGURES, Reproduction, _row, needed, tolerance_ok
 
 
 def test_tolerance_rule():
     assert tolerance_ok(0.049, 0.047) and not tolerance_ok(0.0495, 0.047)
     assert tolerance_ok(0.0115, 0.010) and not tolerance_ok(0.0125, 0.010)  # + 0.002 below 0.04
+
+
+def test_a_tail_miss_is_a_cell_within_tolerance_that_one_tail_sequence_pushes_out():
+    # paper 0.1: within up to 0.105; one sequence of 6,000 in a million adds 0.006
+    assert _row("full", 3, "uniform:5", 0.1, 0.1, tail_worst=4000.0, tail_pool=10**6)["within"]
+    pushed = _row("full", 3, "uniform:5", 0.1, 0.1, tail_worst=6000.0, tail_pool=10**6)
+    assert pushed["tail_miss"] and not pushed["within"]
+    # a cell already out of tolerance is a plain miss, not a tail miss; an overflow is a tail
+    assert not _row("full", 3, "uniform:5", 0.2, 0.1, tail_worst=6000.0, tail_pool=10**6)["tail_miss"]
+    assert _row("full", 3, "uniform:5", 0.1, 0.1, tail_worst=float("nan"), tail_pool=10**6)["tail_miss"]
 
 
 def test_targets_need_the_runs_they_plot():

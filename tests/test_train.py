@@ -8,8 +8,7 @@ import pytest
 
 import lticl
 from lticl import baselines as bl
-from lticl.metrics import Evaluation
-from lticl.metrics import oracle_loss, sequence_loss
+from lticl.metrics import Evaluation, oracle_loss, sequence_loss
 from lticl.model import _final_weights, gd_init
 from lticl.tasks import data_key, stack_chunks, tail_tasks, task_chunks
 from lticl.theory import best_one_step_size
