@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from conftest import assert_one_line_error, run_cli
-from lticl.io import load_npz
 from lticl.paper import paper_settings, paper_value
 from lticl.reproduce import FIGURES, Reproduction, _row, needed, tolerance_ok
 
@@ -36,21 +35,27 @@ def test_targets_need_the_runs_they_plot():
     assert all(needed(f) <= needed("all") for f in FIGURES)
 
 
-def test_a_heavy_tailed_cell_is_trained_again_with_twice_the_seeds(tmp_path):
-    """A cell whose chosen seed shows a heavy tail on its tail set gets twice the
-    seeds, and seed 0 of the new run is the first run again (to float32 rounding:
-    the two seeds train spread over two devices)."""
+def test_a_heavy_tailed_cell_gets_a_second_run_of_new_seeds(tmp_path):
+    """A cell whose chosen seed shows a heavy tail on its tail set gets a second run
+    of as many new seeds; the cell's seeds are the first run's, untouched, then the
+    new ones, and its model is the seed chosen among all of them."""
     tiny = dict(steps=20, batch=64, chunk=10, validation_sequences=500, evaluation_sequences=500, tail_sequences=2000)
     key = ("diag", 2, "uniform:1")
     rep = Reproduction(tmp_path, "smoke", **tiny)
     rep.train({key})
-    assert not rep.retried and rep.config(*key).seeds == 1  # a tame cell is left alone
-    first = load_npz(rep.directory(key) / "model.npz")
-    rep.metrics[key]["tail"][0]["worst"] = 1e6  # as if one tail-set sequence had blown up
+    assert len(rep.runs[key]) == 1  # a tame cell is left alone
+    first = rep.params(key)
+    rep.metrics[key]["tail"][0]["worst"] = 1e6  # as if one tail-set sequence had blown seed 0 up
     rep.train({key})
-    assert rep.retried == {key} and rep.config(*key).seeds == 2
-    assert len(rep.metrics[key]["validation"]) == 2
-    np.testing.assert_allclose(np.asarray(rep.seeds(key).p[0]), np.asarray(first.p), rtol=1e-5, atol=1e-7)
+    assert [(c.first_seed, c.seeds) for c, _ in rep.runs[key]] == [(0, 1), (1, 1)]
+    m = rep.metrics[key]
+    assert len(m["validation"]) == len(m["tail"]) == len(m["recoveries"]) == 2
+    assert m["seed"] == 1  # the new seed is tame, the first is not
+    seeds = rep.seeds(key)
+    np.testing.assert_array_equal(np.asarray(seeds.p[0]), np.asarray(first.p))
+    np.testing.assert_array_equal(np.asarray(seeds.p[1]), np.asarray(rep.params(key).p))
+    rep.train({key})  # a cell gets one second run, no more
+    assert len(rep.runs[key]) == 2
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,12 @@ import time
 import jax
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
-from lticl.runs import CHECKPOINT, METRICS, config_hash, load_checkpoint, run, run_groups, run_name, save_checkpoint
-from lticl.train import TrainConfig, budget_config, init_state, run_steps
+from lticl.metrics import Evaluation
+from lticl.runs import (CHECKPOINT, METRICS, combine_runs, config_hash, load_checkpoint, run, run_groups, run_name,
+                        save_checkpoint)
+from lticl.train import TAIL, TrainConfig, budget_config, init_state, run_steps, select_best
 
 TINY = dict(d=3, n=8, batch=64, steps=40, chunk=10, seeds=2, validation_sequences=500, evaluation_sequences=500,
             tail_sequences=2000)
@@ -118,3 +121,38 @@ def test_ray_executor_trains_the_groups_as_local_does(tmp_path):
     assert run_groups(groups(tmp_path / "ray"), executor="local") == remote
     with pytest.raises(ValueError, match="unknown executor"):
         run_groups([], executor="dask")
+
+
+_seed = st.tuples(st.sampled_from([0.1, 0.2, 0.3, float("nan")]), st.sampled_from([1.0, 1e7]),
+                  st.sampled_from([1.0, 1e7, float("nan")]), st.booleans())  # validation mean, worst; tail worst; failed
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(_seed, min_size=1, max_size=3), min_size=1, max_size=3))
+def test_combined_runs_choose_the_seed_one_run_of_all_of_them_would(runs):
+    """Runs of consecutive seeds, each having chosen its own best (as train_group
+    does), combine to the seed select_best picks among all of them at once."""
+    d = 10
+    ev = lambda mean, worst: Evaluation(mean, 0.01, worst, int(mean != mean), 0.0, 100).to_dict()
+    metrics = []
+    for seeds in runs:
+        validation = [ev(mean, worst) for mean, worst, _, _ in seeds]
+        tail = [ev(0.1, tail) for _, _, tail, _ in seeds]
+        args = ([Evaluation(**v) for v in validation], [f for *_, f in seeds], [Evaluation(**t) for t in tail],
+                TAIL * d / 2)
+        try:
+            seed, usable = select_best(*args), True
+        except RuntimeError:
+            seed, usable = 0, False
+        metrics.append(dict(seed=seed, usable=usable, validation=validation, tail=tail,
+                            recoveries=[20 * f for *_, f in seeds], skipped_steps=[0] * len(seeds)))
+    combined = combine_runs(metrics, d)
+    every = [s for seeds in runs for s in seeds]
+    assert len(combined["validation"]) == len(combined["tail"]) == len(combined["recoveries"]) == len(every)
+    try:
+        expected = select_best([Evaluation(**v) for v in combined["validation"]], [f for *_, f in every],
+                               [Evaluation(**t) for t in combined["tail"]], TAIL * d / 2)
+    except RuntimeError:
+        assert not combined["usable"]
+        return
+    assert combined["usable"] and combined["seed"] == expected

@@ -45,6 +45,19 @@ def test_seeds_in_parallel_equal_seeds_alone():
     assert not np.allclose(together.params.p[0], together.params.p[2])
 
 
+def test_a_run_of_later_seeds_starts_as_those_seeds_of_a_larger_run():
+    """first_seed = 2 gives seeds 2, 3: the same initial state and data stream, bit
+    for bit, as seeds 2, 3 of one run of four; the program is shared."""
+    config = TrainConfig("full", 2, "uniform:1", seeds=4, **TINY)
+    later = replace(config, first_seed=2, seeds=2)
+    assert later.program == config.program
+    whole, part = init_state(config), init_state(later)
+    for a, b in zip(jax.tree.leaves(jax.tree.map(lambda a: a[2:], whole)), jax.tree.leaves(part)):
+        if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+            a, b = jax.random.key_data(a), jax.random.key_data(b)
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_a_group_spread_over_devices_equals_each_config_alone():
     """Three configs on two CPU devices (conftest asks for two; one is padded)
     train as each does alone on one device, to float32 rounding (observed ≤ 1e-9:
@@ -153,6 +166,7 @@ def test_a_failed_config_does_not_stop_its_group():
     (dict(noise="uniform:-1"), ">= 0"), (dict(objective="mse"), "unknown objective"),
     (dict(init="zeros"), "unknown init"), (dict(lr=0.0), "lr must be > 0"),
     (dict(lr_backoff=1.0), "lr_backoff"), (dict(seeds=0), "seeds must be >= 1"),
+    (dict(first_seed=-1), "first_seed must be >= 0"), (dict(first_seed=1.5), "first_seed must be an integer"),
 ])
 def test_config_rejects_bad_values(kwargs, match):
     with pytest.raises(ValueError, match=match):

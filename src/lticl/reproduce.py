@@ -32,10 +32,10 @@ from .inspection import heatmap_figure
 from .paper import PAPER_D, PAPER_N, paper_settings, paper_value
 from .plotting import pyplot, save
 from .provenance import environment
-from .runs import EXECUTORS, MODEL, SEEDS, load_seeds, run_groups, run_name
+from .runs import EXECUTORS, MODEL, SEEDS, combine_runs, load_seeds, run_groups, run_name
 from .tasks import data_key, sample_tasks, stack_chunks, task_chunks
 from .theory import below_bound, linear_bound
-from .train import BUDGETS, TrainConfig, budget_config, heavy_tailed
+from .train import BUDGETS, TrainConfig, _stack, budget_config, heavy_tailed
 
 FIGURES = tuple(f"fig{i}" for i in range(1, 8))
 TARGETS = ("table1", *FIGURES, "all")
@@ -89,50 +89,59 @@ class Reproduction:
         self.executor = executor
         self.progress = progress or (lambda *a: None)
         self.overrides = overrides
-        self.metrics: dict[tuple[str, int, str], dict] = {}
-        self.retried: set[tuple[str, int, str]] = set()  # cells trained again with twice the seeds
+        self.metrics: dict[tuple[str, int, str], dict] = {}  # per cell, over its runs (combine_runs)
+        self.runs: dict[tuple[str, int, str], list[tuple[TrainConfig, dict]]] = {}
         self.profile_sequences = PROFILE_SEQUENCES[budget]
 
     def config(self, variant: str, layers: int, noise: str) -> TrainConfig:
-        c = budget_config(self.budget, variant, layers, noise, seed=self.seed, **self.overrides)
-        return replace(c, seeds=2 * c.seeds) if (variant, layers, noise) in self.retried else c
+        """A cell's first run."""
+        return budget_config(self.budget, variant, layers, noise, seed=self.seed, **self.overrides)
 
-    def directory(self, key) -> Path:
-        return self.out / "runs" / run_name(self.config(*key))
+    def directory(self, config: TrainConfig) -> Path:
+        return self.out / "runs" / run_name(config)
 
     def train(self, keys: set) -> None:
-        """Train every run in `keys` not yet trained, grouped by compiled program. A
+        """Train every cell in `keys` not yet trained, grouped by compiled program. A
         cell with no usable seed, or whose chosen seed has a heavy tail
-        (`train.heavy_tailed`) on validation or on its tail set, is trained again with
-        twice the seeds: seed 0 repeats the first run exactly, so the choice is among
-        its seeds on the same validation and tail sets."""
-        self._train(keys - set(self.metrics))
-        tailed = {k for k in keys - self.retried if self.tailed(k)}
-        self.retried |= tailed
-        self._train(tailed, " (twice the seeds: heavy tail)")
+        (`train.heavy_tailed`) on validation or on its tail set, gets a second run of
+        as many new seeds (`first_seed`), chosen among with the first run's seeds on
+        the same validation and tail sets (`combine_runs`)."""
+        self._train([(k, self.config(*k)) for k in sorted(keys - set(self.runs))])
+        tailed = sorted(k for k in keys if len(self.runs[k]) == 1 and self.tailed(k))
+        self._train([(k, replace(self.config(*k), first_seed=self.config(*k).seeds)) for k in tailed],
+                    " (new seeds: heavy tail)")
 
     def tailed(self, key) -> bool:
         m = self.metrics[key]
         d = self.config(*key).d
         return not m["usable"] or any(heavy_tailed(Evaluation(**m[s][m["seed"]]), d) for s in ("validation", "tail"))
 
-    def _train(self, keys: set, note: str = "") -> None:
+    def _train(self, runs: list[tuple[tuple, TrainConfig]], note: str = "") -> None:
         groups = defaultdict(list)
-        for key in sorted(keys):
-            groups[self.config(*key).program].append(key)
-        jobs = [[(self.config(*k), self.directory(k)) for k in members] for members in groups.values()]
+        for key, config in runs:
+            groups[config.program].append((key, config))
+        jobs = [[(c, self.directory(c)) for _, c in members] for members in groups.values()]
         labels = [f"[{i + 1}/{len(jobs)}] {job[0][0].variant}-{job[0][0].layers} × {len(job)} settings{note}"
                   for i, job in enumerate(jobs)]
         results = run_groups(jobs, self.resume, self.executor,
                              lambda i, done, total: self.progress(labels[i], done, total))
         for members, metrics in zip(groups.values(), results):
-            self.metrics.update(zip(members, metrics))
+            for (key, config), m in zip(members, metrics):
+                self.runs.setdefault(key, []).append((config, m))
+                self.metrics[key] = combine_runs([m for _, m in self.runs[key]], config.d)
+
+    def _chosen_run(self, key) -> TrainConfig:
+        """The run that holds the cell's chosen seed."""
+        seed = self.metrics[key]["seed"]
+        return next(c for c, _ in self.runs[key] if c.first_seed <= seed < c.first_seed + c.seeds)
 
     def params(self, key) -> Params:
-        return load_npz(self.directory(key) / MODEL)
+        """The cell's chosen model."""
+        return load_npz(self.directory(self._chosen_run(key)) / MODEL)
 
     def seeds(self, key) -> Params:
-        return load_seeds(self.directory(key) / SEEDS)
+        """Every seed of the cell, leading axis in seed order."""
+        return _stack([load_seeds(self.directory(c) / SEEDS) for c, _ in self.runs[key]])
 
     # ------------------------------------------------------------------ baselines
 

@@ -29,7 +29,8 @@ import numpy as np
 from .io import save_npz
 from .model import Params, check_params
 from .provenance import environment
-from .train import TrainConfig, TrainResult, TrainState, init_state, train_group
+from .metrics import Evaluation
+from .train import TAIL, TrainConfig, TrainResult, TrainState, init_state, select_best, train_group
 
 CHECKPOINT, CONFIG, METRICS, MODEL, SEEDS = "checkpoint.npz", "config.json", "metrics.json", "model.npz", "seeds.npz"
 
@@ -124,6 +125,23 @@ def metrics_of(result: TrainResult, seconds: float) -> dict:
         "tail": [v.to_dict() for v in result.tail],
         "seconds": seconds,
     }
+
+
+def combine_runs(runs: list[dict], d: int) -> dict:
+    """One config's metrics over runs of consecutive seeds (`first_seed`, in order):
+    those of the run whose chosen seed `train.select_best` prefers, with the per-seed
+    lists (validation, tail, recoveries, skipped steps) joined and `seed` indexing
+    them. Each run chose by the same rule, so this is the seed it would choose among
+    all of them at once."""
+    if len(runs) == 1:
+        return runs[0]
+    chosen = lambda field: [Evaluation(**m[field][m["seed"]]) for m in runs]
+    try:
+        best = select_best(chosen("validation"), [not m["usable"] for m in runs], chosen("tail"), TAIL * d / 2)
+    except RuntimeError:  # no run has a usable seed
+        best = 0
+    joined = {field: [x for m in runs for x in m[field]] for field in ("validation", "tail", "recoveries", "skipped_steps")}
+    return {**runs[best], **joined, "seed": sum(len(m["validation"]) for m in runs[:best]) + runs[best]["seed"]}
 
 
 def is_finished(directory: Path) -> bool:

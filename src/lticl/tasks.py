@@ -51,14 +51,14 @@ class Tasks(NamedTuple):
         return self.x.shape[2]
 
 
-def positive_int(value, name: str) -> int:
-    """`value` as an int ≥ 1, or a ValueError naming `name`."""
+def positive_int(value, name: str, minimum: int = 1) -> int:
+    """`value` as an int ≥ `minimum` (1 unless told), or a ValueError naming `name`."""
     try:
         v = operator.index(value)
     except TypeError:
         raise ValueError(f"{name} must be an integer, got {value!r}") from None
-    if v < 1:
-        raise ValueError(f"{name} must be >= 1, got {v}")
+    if v < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {v}")
     return v
 
 

@@ -64,6 +64,9 @@ class TrainConfig:
     objective: str = "query_averaged"
     seed: int = 0
     seeds: int = 1  # trained in parallel; the best on validation data is kept
+    # Seeds first_seed … first_seed+seeds−1: a later run of new seeds for a trained
+    # config (its seeds 0 … first_seed−1), with the same data, validation and tail sets.
+    first_seed: int = 0
     chunk: int = 100  # steps per compiled call (and per progress report)
     lr_backoff: float = 0.5
     # A batch loss above explode × d/2 (d/2: the loss of predicting 0) is a failed step.
@@ -87,6 +90,7 @@ class TrainConfig:
         for name in ("layers", "heads", "d", "n", "steps", "batch", "seeds", "chunk", "patience", "max_recoveries",
                      "validation_sequences", "evaluation_sequences", "tail_sequences"):
             object.__setattr__(self, name, positive_int(getattr(self, name), name))
+        object.__setattr__(self, "first_seed", positive_int(self.first_seed, "first_seed", minimum=0))
         if self.objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {self.objective!r}; expected one of {', '.join(OBJECTIVES)}")
         if self.init not in INITS:
@@ -107,7 +111,7 @@ class TrainConfig:
         """What the compiled training step depends on: the noise setting and seeds are
         data (in TrainState), so configs differing only there share one program and
         can train side by side in one vmapped call."""
-        return replace(self, noise="fixed:0", seed=0, seeds=1, init="gd", init_scale=1.0,
+        return replace(self, noise="fixed:0", seed=0, seeds=1, first_seed=0, init="gd", init_scale=1.0,
                        validation_sequences=1, evaluation_sequences=1, tail_sequences=1)
 
 
@@ -193,8 +197,9 @@ def _second_moment(config: TrainConfig) -> float:
 
 
 def init_state(config: TrainConfig) -> TrainState:
-    """K = config.seeds fresh states stacked on a leading axis; seed k uses
-    fold_in(key(seed), k) for its initialisation and its own data stream."""
+    """K = config.seeds fresh states stacked on a leading axis; seed k (first_seed …
+    first_seed+K−1) uses fold_in(key(seed), k) for its initialisation and its own
+    data stream."""
     opt = optimizer(config)
     train_key = data_key(config.seed, config.noise, "train")
     atoms, count = noise_atoms(config.noise)
@@ -206,7 +211,7 @@ def init_state(config: TrainConfig) -> TrainState:
                           jax.random.fold_in(train_key, k), jnp.asarray(atoms), jnp.asarray(count, jnp.int32),
                           params, opt_state)
 
-    return jax.vmap(one)(jnp.arange(config.seeds))
+    return jax.vmap(one)(jnp.arange(config.first_seed, config.first_seed + config.seeds))
 
 
 def objective(config: TrainConfig) -> Callable[[Params, Array, Array, Array], Array]:
@@ -381,7 +386,8 @@ def train_group(
     shapes and optimiser; any noise setting and seed) side by side in one vmapped
     call per chunk, then select and evaluate each one's best seed. `starts[i]`
     continues config i from (state, losses so far); `on_chunk(i, state, losses)`
-    is called for each config after every chunk; `progress(step, losses)` once.
+    is called for each config after every chunk, with the state copied to the host
+    (numpy arrays); `progress(step, losses)` once.
     When every seed of every config has failed, it raises, unless not
     `stop_on_failure` (a sweep): then those results come back unusable."""
     if not configs:
@@ -420,8 +426,10 @@ def train_group(
                 f"({config.variant}-{config.layers}, {', '.join(c.noise for c in configs)}, lr {config.lr}); "
                 f"lower the learning rate or init_scale, or check the initial model's loss for non-finite sequences"
             )
-        for i in range(len(configs) if on_chunk is not None else 0):
-            on_chunk(i, parts(state, i), history[bounds[i]:bounds[i + 1]])
+        if on_chunk is not None:
+            host = jax.device_get(state)  # one copy per leaf, then numpy slices: not one dispatch per config and leaf
+            for i in range(len(configs)):
+                on_chunk(i, parts(host, i), history[bounds[i]:bounds[i + 1]])
         if progress is not None:
             progress(done, losses[-1][:, -1])
     # Back on one device, the padding dropped: what follows is per model, and XLA's
