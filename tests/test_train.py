@@ -134,6 +134,10 @@ def test_select_best_skips_broken_seeds():
     worse = Evaluation(0.35, 0.01, 2.0, 0, 0.01, 100)
     assert select_best([ok, worse], tail=[tailed, ok], worst_limit=500) == 1
     assert select_best([tailed, worse], tail=[ok, ok], worst_limit=500) == 1
+    # an overflow on the tail set (worst nan) is a tail, whichever set shows it
+    overflow = Evaluation(0.1, float("nan"), float("nan"), 2, float("nan"), 100)
+    assert select_best([ok, worse], tail=[overflow, ok], worst_limit=500) == 1
+    assert select_best([Evaluation(0.3, 0.01, float("nan"), 0, 0.01, 100), worse], worst_limit=500) == 1
 
 
 def test_a_run_that_cannot_recover_stops_loudly():

@@ -319,7 +319,7 @@ def select_best(validation: list[Evaluation], failed=None, tail: list[Evaluation
     if not usable:
         raise RuntimeError("no seed is usable (each failed in training or has non-finite validation losses)")
     tail = validation if tail is None else tail
-    tame = [i for i in usable if max(validation[i].worst, tail[i].worst) <= worst_limit]
+    tame = [i for i in usable if validation[i].worst <= worst_limit and tail[i].worst <= worst_limit]  # nan: not tame
     return min(tame or usable, key=lambda i: validation[i].mean)
 
 
