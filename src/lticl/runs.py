@@ -27,9 +27,9 @@ import jax
 import numpy as np
 
 from .io import save_npz
+from .metrics import Evaluation
 from .model import Params, check_params
 from .provenance import environment
-from .metrics import Evaluation
 from .train import TAIL, TrainConfig, TrainResult, TrainState, init_state, select_best, train_group
 
 CHECKPOINT, CONFIG, METRICS, MODEL, SEEDS = "checkpoint.npz", "config.json", "metrics.json", "model.npz", "seeds.npz"
@@ -140,7 +140,8 @@ def combine_runs(runs: list[dict], d: int) -> dict:
         best = select_best(chosen("validation"), [not m["usable"] for m in runs], chosen("tail"), TAIL * d / 2)
     except RuntimeError:  # no run has a usable seed
         best = 0
-    joined = {field: [x for m in runs for x in m[field]] for field in ("validation", "tail", "recoveries", "skipped_steps")}
+    joined = {field: [x for m in runs for x in m[field]]
+              for field in ("validation", "tail", "recoveries", "skipped_steps")}
     return {**runs[best], **joined, "seed": sum(len(m["validation"]) for m in runs[:best]) + runs[best]["seed"]}
 
 
