@@ -1,11 +1,13 @@
 """Run directories: checkpoints, resume after SIGKILL, refusal to mix configurations."""
 
+import hashlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import jax
 import numpy as np
@@ -39,6 +41,12 @@ def test_names_and_hashes_follow_the_config():
     a, b = TrainConfig("full", 3, "uniform:5"), TrainConfig("full", 3, "uniform:5", lr=1e-3)
     assert config_hash(a) == config_hash(TrainConfig("full", 3, "uniform:5")) != config_hash(b)
     assert run_name(a).startswith("full-L3-H1-uniform5-") and run_name(a) != run_name(b)
+    # importance sampling is in the hash only when on; off, runs hash as before its fields existed
+    wide = replace(a, wide_fraction=0.5)
+    assert config_hash(wide) != config_hash(a) == config_hash(replace(a, wide_scale=3.0))
+    assert config_hash(replace(wide, wide_scale=3.0)) != config_hash(wide)
+    older = {k: v for k, v in a.to_dict().items() if k not in ("wide_fraction", "wide_scale")}
+    assert config_hash(a) == hashlib.sha256(json.dumps(older, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def test_run_refuses_to_mix_or_overwrite(tmp_path):

@@ -1,3 +1,5 @@
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -6,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lticl
-from lticl.tasks import CHUNK, data_key, stack_chunks, tail_score, tail_tasks, task_chunks
+from lticl.tasks import (CHUNK, data_key, mixture_tasks, stack_chunks, tail_score, tail_tasks, task_chunks,
+                         tasks_given_sigma)
 
 
 @given(st.integers(1, 5), st.integers(1, 6), st.integers(1, 6))
@@ -77,6 +80,29 @@ def test_tail_tasks_are_the_top_scores_of_the_pool():
     top = tail_tasks(key, "uniform:3", pool, 50, 20, 10)
     np.testing.assert_allclose(np.asarray(tail_score(top)), np.sort(everything)[::-1][:50], rtol=1e-6)  # float32
     assert tail_tasks(key, "uniform:3", 30, 50, 20, 10).batch == 30  # never more than the pool
+
+
+def test_mixture_weights_give_unbiased_means_and_see_the_tail_more_often():
+    key, batch, d = jax.random.key(4), 400_000, 10
+    sigma = jnp.ones(batch, jnp.float64)
+    t, weight = mixture_tasks(key, sigma, 2, d, 0.3, 1.7)
+    w2, weight = np.sum(np.asarray(t.w) ** 2, axis=1), np.asarray(weight)
+    assert np.all(weight > 0) and np.max(weight) <= 1 / 0.7
+    # Under p, E[1] = 1, E[‖w‖²] = d and P(‖w‖² > 30) = χ²₁₀'s survival e^−15·Σ_{j<5} 15^j/j!;
+    # each weighted mean within 4 of its standard errors.
+    tail = math.exp(-15) * sum(15**j / math.factorial(j) for j in range(5))
+    for f, expected in ((np.ones(batch), 1.0), (w2, d), (w2 > 30, tail)):
+        terms = weight * f
+        assert abs(np.mean(terms) - expected) < 4 * np.std(terms) / np.sqrt(batch), (np.mean(terms), expected)
+    assert np.mean(w2 > 30) > 30 * tail  # yet such sequences are drawn far more often
+    # the wide share is the leading 30% of the batch; the rest, and fraction 0, are plain draws
+    plain = tasks_given_sigma(key, sigma, 2, d)
+    same, ones = mixture_tasks(key, sigma, 2, d, 0.0, 1.7)
+    for a, b in zip(plain, same):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(ones, 1.0)
+    np.testing.assert_allclose(t.w[120_000:], plain.w[120_000:], rtol=1e-15)
+    np.testing.assert_allclose(t.w[:120_000], 1.7 * plain.w[:120_000], rtol=1e-15)
 
 
 @pytest.mark.parametrize("kwargs,match", [(dict(n=0), "n must be >= 1"), (dict(d=-1), "d must be >= 1"),

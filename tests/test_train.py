@@ -12,8 +12,8 @@ from lticl.metrics import Evaluation, oracle_loss, sequence_loss
 from lticl.model import _final_weights, gd_init
 from lticl.tasks import data_key, stack_chunks, tail_tasks, task_chunks
 from lticl.theory import best_one_step_size
-from lticl.train import (TAIL_KEEP, TrainConfig, heavy_tailed, init_state, run_steps, select_best, train,
-                         train_group, use_cpu_cores)
+from lticl.train import (TAIL_KEEP, TrainConfig, heavy_tailed, init_state, objective, run_steps, select_best,
+                         train, train_group, use_cpu_cores)
 
 TINY = dict(d=3, n=8, batch=64, steps=6, chunk=3, validation_sequences=500, evaluation_sequences=500,
             tail_sequences=2000)
@@ -56,6 +56,23 @@ def test_a_run_of_later_seeds_starts_as_those_seeds_of_a_larger_run():
         if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
             a, b = jax.random.key_data(a), jax.random.key_data(b)
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("wide", [(0.0, 1.0), (0.5, 2.0)])
+def test_the_training_loss_estimates_the_expected_loss_with_or_without_importance_sampling(wide):
+    """Batch losses of the one-step-optimal 1-layer model, plain or importance-
+    sampled (wide = (fraction, scale)), average to its analytic expected loss,
+    within 4 standard errors of the mean of 8 batches."""
+    config = TrainConfig("diag", 1, "uniform:3", batch=50_000, wide_fraction=wide[0], wide_scale=wide[1])
+    assert config.program == replace(config, wide_fraction=0.0).program  # it is data: one compiled program
+    s2 = lticl.as_noise(config.noise).second_moment
+    eta = best_one_step_size(config.n, config.d, s2)
+    params = lticl.Params("diag", config.d, jnp.array([[[0.0, 1.0]]]), jnp.array([[[-eta, 0.0]]]))
+    state = jax.tree.map(lambda a: a[0], init_state(config))
+    loss = jax.jit(objective(config))
+    batches = np.array([loss(params, jax.random.key(k), state.atoms, state.count, state.wide) for k in range(8)])
+    expected = lticl.best_one_layer_loss(config.n, config.d, s2)
+    assert abs(batches.mean() - expected) < 4 * batches.std(ddof=1) / np.sqrt(len(batches)), (batches, expected)
 
 
 def test_a_group_spread_over_devices_equals_each_config_alone():
@@ -171,6 +188,7 @@ def test_a_failed_config_does_not_stop_its_group():
     (dict(init="zeros"), "unknown init"), (dict(lr=0.0), "lr must be > 0"),
     (dict(lr_backoff=1.0), "lr_backoff"), (dict(seeds=0), "seeds must be >= 1"),
     (dict(first_seed=-1), "first_seed must be >= 0"), (dict(first_seed=1.5), "first_seed must be an integer"),
+    (dict(wide_fraction=1.0), "wide_fraction must be in"), (dict(wide_scale=0.5), "wide_scale >= 1"),
 ])
 def test_config_rejects_bad_values(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -36,8 +36,13 @@ CHECKPOINT, CONFIG, METRICS, MODEL, SEEDS = "checkpoint.npz", "config.json", "me
 
 
 def config_hash(config: TrainConfig) -> str:
-    """12 hex digits of SHA-256 over the config's canonical JSON."""
-    text = json.dumps(config.to_dict(), sort_keys=True)
+    """12 hex digits of SHA-256 over the config's canonical JSON. Without importance
+    sampling (wide_fraction 0) its two fields, added later, are left out: they change
+    nothing then, and runs stored before them keep their names."""
+    fields = config.to_dict()
+    if fields["wide_fraction"] == 0:
+        del fields["wide_fraction"], fields["wide_scale"]
+    text = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 

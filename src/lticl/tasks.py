@@ -75,14 +75,40 @@ def sigma_key(key: Array) -> Array:
 def tasks_given_sigma(key, sigma, n, d):
     """Sequences for the drawn noise levels sigma (B,): the rest of `sample_tasks`."""
     # σ comes in drawn, so this compiles once per shape, not once per distribution.
+    return _tasks(key, sigma, n, d, 1.0)
+
+
+def _tasks(key, sigma, n, d, w_scale):
     batch, dtype = sigma.shape[0], sigma.dtype
     k = {name: _stream(key, name) for name in _STREAM}
-    w = jax.random.normal(k["w"], (batch, d), dtype)
+    w = jax.random.normal(k["w"], (batch, d), dtype) * w_scale
     x = jax.random.normal(k["x"], (batch, n, d), dtype)
     xi = jax.random.normal(k["xi"], (batch, n), dtype) * sigma[:, None]
     y = jnp.einsum("bnd,bd->bn", x, w) + xi
     x_query = jax.random.normal(k["query"], (batch, d), dtype)
     return Tasks(x, y, w, sigma, x_query, jnp.einsum("bd,bd->b", x_query, w))
+
+
+@partial(jax.jit, static_argnums=(2, 3))
+def mixture_tasks(key, sigma, n: int, d: int, fraction, scale) -> tuple[Tasks, Array]:
+    """Sequences whose first round(fraction·B) have w ~ N(0, scale²·I) instead of
+    N(0, I), and the importance weights p(w)/q(w) (B,) that keep a weighted mean an
+    unbiased estimate of the mean under p, with q = (1 − α)·N(0, I) + α·N(0, scale²·I)
+    and α the fraction actually drawn (a deterministic mixture). Large-‖w‖ sequences,
+    where trained models have their heavy tails, are then met far more often, each
+    with a weight of at most 1/(1 − α). The other draws are those of
+    `tasks_given_sigma`: with fraction 0 the tasks are the same (to rounding) and every
+    weight 1.
+    `fraction` and `scale` may be traced (data of a vmapped training state)."""
+    batch, dtype = sigma.shape[0], sigma.dtype
+    wide = jnp.round(fraction * batch)
+    w_scale = jnp.where(jnp.arange(batch) < wide, scale, 1).astype(dtype)[:, None]
+    t = _tasks(key, sigma, n, d, w_scale)
+    # log q_wide(w)/p(w) = −d·log(scale) + ½‖w‖²(1 − 1/scale²); in log space, so that
+    # α = 0 gives weight 1 and a huge ratio gives weight 0, its limit.
+    alpha = (wide / batch).astype(dtype)
+    log_ratio = -d * jnp.log(scale) + 0.5 * jnp.sum(t.w**2, axis=1) * (1 - scale**-2.0)
+    return t, jnp.exp(-jnp.logaddexp(jnp.log1p(-alpha), jnp.log(alpha) + log_ratio))
 
 
 def sample_tasks(

@@ -36,7 +36,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from .metrics import Evaluation, oracle_loss, per_sequence, sequence_loss
 from .model import Params, _final_weights, canonical_variant, gd_init, init_params, predict
 from .noise import Categorical, Fixed, Uniform, as_noise
-from .tasks import Tasks, data_key, positive_int, sigma_key, tail_tasks, tasks_given_sigma
+from .tasks import Tasks, data_key, mixture_tasks, positive_int, sigma_key, tail_tasks
 from .theory import best_one_step_size
 
 OBJECTIVES = ("query_averaged", "sampled_query")
@@ -62,6 +62,11 @@ class TrainConfig:
     # sequences (every batch then fails); at 1e-3 every variant stays finite there.
     init_scale: float = 1e-3
     objective: str = "query_averaged"
+    # Importance sampling of training batches: this fraction of each batch draws
+    # w ~ N(0, wide_scale²·I), and the loss is reweighted to stay unbiased
+    # (tasks.mixture_tasks), so the large-‖w‖ sequences where models blow up are seen.
+    wide_fraction: float = 0.0
+    wide_scale: float = 2.0
     seed: int = 0
     seeds: int = 1  # trained in parallel; the best on validation data is kept
     # Seeds first_seed … first_seed+seeds−1: a later run of new seeds for a trained
@@ -98,6 +103,9 @@ class TrainConfig:
         for name in ("lr", "clip", "explode"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not 0 <= self.wide_fraction < 1 or not self.wide_scale >= 1:
+            raise ValueError(f"wide_fraction must be in [0, 1) and wide_scale >= 1, got {self.wide_fraction} "
+                             f"and {self.wide_scale}")
         if not 0 < self.lr_backoff < 1:
             raise ValueError(f"lr_backoff must be in (0, 1), got {self.lr_backoff}")
         if self.warmup < 0 or not 0 <= self.final_lr_fraction <= 1:
@@ -108,10 +116,11 @@ class TrainConfig:
 
     @cached_property
     def program(self) -> "TrainConfig":
-        """What the compiled training step depends on: the noise setting and seeds are
-        data (in TrainState), so configs differing only there share one program and
-        can train side by side in one vmapped call."""
+        """What the compiled training step depends on: the noise setting, the seeds and
+        the importance sampling are data (in TrainState), so configs differing only
+        there share one program and can train side by side in one vmapped call."""
         return replace(self, noise="fixed:0", seed=0, seeds=1, first_seed=0, init="gd", init_scale=1.0,
+                       wide_fraction=0.0, wide_scale=1.0,
                        validation_sequences=1, evaluation_sequences=1, tail_sequences=1)
 
 
@@ -174,6 +183,7 @@ class TrainState(NamedTuple):
     key: Array  # the seed's training data stream
     atoms: Array  # the training noise setting (noise_atoms), (MAX_ATOMS, 2)
     count: Array  # int: how many rows of atoms are used
+    wide: Array  # (wide_fraction, wide_scale): importance sampling of w (tasks.mixture_tasks)
     good_params: Params  # the last parameters whose batch loss passed the check
     good_opt_state: optax.OptState
 
@@ -209,20 +219,21 @@ def init_state(config: TrainConfig) -> TrainState:
         zero, opt_state = jnp.zeros((), jnp.int32), opt.init(params)
         return TrainState(params, opt_state, zero, jnp.ones(()), zero, zero, zero,
                           jax.random.fold_in(train_key, k), jnp.asarray(atoms), jnp.asarray(count, jnp.int32),
-                          params, opt_state)
+                          jnp.asarray([config.wide_fraction, config.wide_scale], jnp.float32), params, opt_state)
 
     return jax.vmap(one)(jnp.arange(config.first_seed, config.first_seed + config.seeds))
 
 
 def objective(config: TrainConfig) -> Callable[[Params, Array, Array, Array], Array]:
-    """(params, key, atoms, count) -> mean loss on one freshly drawn batch."""
+    """(params, key, atoms, count, wide) -> mean loss on one freshly drawn batch,
+    importance-weighted where wide = (fraction, scale) has fraction > 0."""
 
-    def loss(params: Params, key: Array, atoms: Array, count: Array) -> Array:
+    def loss(params: Params, key: Array, atoms: Array, count: Array, wide: Array) -> Array:
         sigma = _draw_sigma(sigma_key(key), atoms, count, config.batch)
-        t = tasks_given_sigma(key, sigma, config.n, config.d)
+        t, weight = mixture_tasks(key, sigma, config.n, config.d, wide[0], wide[1])
         if config.objective == "query_averaged":
-            return jnp.mean(sequence_loss(_final_weights(params, t.x, t.y), t.w))
-        return 0.5 * jnp.mean((predict(params, t.x, t.y, t.x_query) - t.y_query) ** 2)
+            return jnp.mean(weight * sequence_loss(_final_weights(params, t.x, t.y), t.w))
+        return 0.5 * jnp.mean(weight * (predict(params, t.x, t.y, t.x_query) - t.y_query) ** 2)
 
     return loss
 
@@ -245,7 +256,8 @@ def _run_steps(config: TrainConfig, state: TrainState, steps: int) -> tuple[Trai
     where = lambda cond, a, b: jax.tree.map(lambda x, y: jnp.where(cond, x, y), a, b)
 
     def step(s: TrainState, _):
-        loss, grads = jax.value_and_grad(loss_fn)(s.params, jax.random.fold_in(s.key, s.step), s.atoms, s.count)
+        loss, grads = jax.value_and_grad(loss_fn)(s.params, jax.random.fold_in(s.key, s.step), s.atoms, s.count,
+                                                  s.wide)
         # The check is of the current parameters: passing it makes them the good state.
         checked = jnp.isfinite(loss) & (loss < config.explode * config.d / 2) & _finite(grads)
         good_params, good_opt = where(checked, (s.params, s.opt_state), (s.good_params, s.good_opt_state))
@@ -267,6 +279,7 @@ def _run_steps(config: TrainConfig, state: TrainState, steps: int) -> tuple[Trai
             s.key,
             s.atoms,
             s.count,
+            s.wide,
             good_params,
             good_opt,
         )
