@@ -224,7 +224,7 @@ def init_state(config: TrainConfig) -> TrainState:
     return jax.vmap(one)(jnp.arange(config.first_seed, config.first_seed + config.seeds))
 
 
-def objective(config: TrainConfig) -> Callable[[Params, Array, Array, Array], Array]:
+def objective(config: TrainConfig) -> Callable[[Params, Array, Array, Array, Array], Array]:
     """(params, key, atoms, count, wide) -> mean loss on one freshly drawn batch,
     importance-weighted where wide = (fraction, scale) has fraction > 0."""
 
