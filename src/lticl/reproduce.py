@@ -238,16 +238,22 @@ def table1_rows(rep: Reproduction) -> list[dict]:
     return rows
 
 
+def verdict(ours: float, paper: float, tail_worst: float | None = None, tail_pool: int | None = None) -> str:
+    """A Table 1 cell: "within", "miss", or "tail" (within tolerance, but one sequence of
+    the tail set alone moves a mean over the tail pool's sequences, by at least
+    tail_worst / pool, out of it)."""
+    if not tolerance_ok(ours, paper):
+        return "miss"
+    tail = tail_worst is not None and not tolerance_ok(ours + tail_worst / tail_pool, paper)
+    return "tail" if tail else "within"
+
+
 def _row(model, layers, setting, ours, paper, usable=True, worst=None, seeds=None, tail_worst=None,
          tail_pool=None) -> dict:
-    # One tail sequence alone moves a mean over the tail pool's many fresh sequences by
-    # at least tail_worst / pool: a cell within tolerance whose mean would not hold up
-    # there is a tail miss.
-    ok = bool(tolerance_ok(ours, paper))
-    tail_miss = ok and tail_worst is not None and not tolerance_ok(ours + tail_worst / tail_pool, paper)
+    v = verdict(ours, paper, tail_worst, tail_pool)
     return {"model": LABEL[model], "layers": "" if layers is None else layers, "setting": setting,
             "ours": ours, "paper": paper, "difference": ours - paper,
-            "within": ok and not tail_miss, "tail_miss": tail_miss,
+            "within": v == "within", "tail_miss": v == "tail",
             "usable": usable, "worst": "" if worst is None else worst, "seeds": "" if seeds is None else seeds,
             "tail_worst": "" if tail_worst is None else tail_worst, "tail_pool": "" if tail_pool is None else tail_pool,
             "bound": "", "below_bound": False}
