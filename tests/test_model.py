@@ -141,6 +141,28 @@ def test_init_shapes():
     assert P.shape == Q.shape == (2, 3, 5, 5) and float(jnp.abs(Q[..., 4, 4]).max()) == 0.0
 
 
+@pytest.mark.parametrize("variant", lticl.VARIANTS)
+@pytest.mark.parametrize("heads", [1, 2])
+def test_precondition_init_as_documented(variant, heads):
+    """Unperturbed, layers 1..L−1 precondition with γ_l ν_l = strength and take a
+    third of the GD step; layer L takes 1/ν_L, where ν_l is the top of the spectrum
+    after the earlier maps μ ↦ μ(1 − γμ)² (here found on a grid, not in closed form)."""
+    n, d, L, eta, strength = 20, 10, 4, 1 / 31, 0.6
+    init = lambda v: lticl.precondition_init(jax.random.key(0), v, L, d, n, heads, eta, strength, dtype=jnp.float64)
+    for a, b in zip(full_matrices(init(variant)), full_matrices(init("diag"))):  # one model in every variant
+        np.testing.assert_array_equal(a, b)
+    omega = np.asarray(lticl.omegas(init("diag")))
+    top = (np.sqrt(n) + np.sqrt(d)) ** 2
+    for layer in range(L - 1):
+        gamma = strength / top
+        np.testing.assert_allclose(omega[layer], [-gamma, 0, -eta / 3, 0], rtol=1e-9, atol=1e-15)
+        mu = np.linspace(0, top, 200_001)
+        top = np.max(mu * (1 - gamma * mu) ** 2)
+    np.testing.assert_allclose(omega[-1], [0, 0, -1 / top, 0], rtol=1e-6, atol=1e-15)
+    with pytest.raises(ValueError, match="strength"):
+        lticl.precondition_init(jax.random.key(0), variant, L, d, n, strength=1.0)
+
+
 @pytest.mark.parametrize(
     "kwargs,match",
     [
