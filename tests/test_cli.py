@@ -91,6 +91,7 @@ def test_train_writes_a_model_that_evaluates_independently(tmp_path):
     (["--noise", "uniform:-1"], "sigma_max must be >= 0"),
     (["--layers", "0"], "--layers"),
     (["--objective", "mse"], "unknown objective"),
+    (["--init", "zeros"], "unknown init"),
 ])
 def test_train_bad_arguments_give_one_line_errors(tmp_path, args, match):
     base = {"--variant": "diag", "--layers": "2", "--out": str(tmp_path)}

@@ -237,6 +237,7 @@ def train(
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (warmup, then cosine decay). [budget]")] = None,
     batch: Annotated[Optional[int], typer.Option(min=1, help="Sequences per step. [budget]")] = None,
     objective: Annotated[Optional[str], typer.Option(help="query_averaged (exact) or sampled_query (the paper's). [budget]")] = None,
+    init: Annotated[Optional[str], typer.Option(help="gd, precondition (preconditioning layers, then the big GD step) or random. [budget]")] = None,
     n: Annotated[int, typer.Option(min=1, help="Context points per sequence.")] = 20,
     d: Annotated[int, typer.Option(min=1, help="Input dimension.")] = 10,
     sequences: Annotated[Optional[int], typer.Option(min=1, help="Evaluation sequences for the reported loss. [budget]")] = None,
@@ -248,7 +249,7 @@ def train(
 
     try:
         config = budget_config(budget.value, variant.value, layers, noise, heads=heads, d=d, n=n, steps=steps,
-                               batch=batch, lr=lr, objective=objective, seed=seed, seeds=seeds,
+                               batch=batch, lr=lr, objective=objective, init=init, seed=seed, seeds=seeds,
                                evaluation_sequences=sequences)
     except ValueError as e:
         _fail(str(e))
