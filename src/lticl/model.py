@@ -173,20 +173,26 @@ def precondition_init(
     low-noise data; GD++-2 on noiseless data has three, adjusted loss 0.389
     (reached from GD's start), 0.342 and 0.267 (docs/training.md)."""
     layers, n, d = (positive_int(v, k) for v, k in ((layers, "layers"), (n, "n"), (d, "d")))
-    if not 0 < strength < 1:
-        raise ValueError(f"strength must be in (0, 1), got {strength}")
-    gammas, steps, top = [], [], (n**0.5 + d**0.5) ** 2
-    for _ in range(layers - 1):
-        gamma = strength / top
-        gammas.append(gamma)
-        steps.append(step_size / 3)
-        # the largest μ(1 − γμ)² on [0, top]: at μ = top, or at the interior peak μ = 1/(3γ)
-        top = max(top * (1 - strength) ** 2, 4 / (27 * gamma) if strength > 1 / 3 else 0.0)
-    gammas.append(0.0)
-    steps.append(1 / top)
-    gammas, steps = jnp.asarray(gammas), jnp.asarray(steps)
+    gammas, top = preconditioner_gammas((n**0.5 + d**0.5) ** 2, layers - 1, strength)
+    gammas = jnp.asarray([*gammas, 0.0])
+    steps = jnp.asarray([step_size / 3] * (layers - 1) + [1 / top])
     root = jnp.sqrt(jnp.maximum(gammas, steps))
     return _layered_init(key, variant, d, heads, gammas / root, steps / root, root, scale, dtype)
+
+
+def preconditioner_gammas(nu: float, steps: int, strength: float = 1 / 3) -> tuple[list[float], float]:
+    """γ_l of `steps` preconditioning layers x ← (I − γ_l Σ^l) x, with γ_l ν_l =
+    `strength`, where ν_l bounds the spectrum of Σ^l (ν_1 = `nu`), and the bound
+    after the last. A layer maps μ to μ(1 − γμ)²; on [0, ν] that peaks at μ = ν, or,
+    for strength > 1/3, at μ = 1/(3γ) with value 4/(27γ). Strength 1/3 is Thm 5.1's
+    choice: ν shrinks by 4/9 per layer."""
+    if not 0 < strength < 1:
+        raise ValueError(f"strength must be in (0, 1), got {strength}")
+    gammas, top = [], float(nu)
+    for _ in range(steps):
+        gammas.append(strength / top)
+        top = max(top * (1 - strength) ** 2, 4 / (27 * gammas[-1]) if strength > 1 / 3 else 0.0)
+    return gammas, top
 
 
 def _layered_init(key, variant, d, heads, p_x, p_y, root, scale, dtype) -> Params:

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .model import Params, check_params, gd_init, implicit_state, init_params, weights
+from .model import Params, check_params, gd_init, implicit_state, init_params, preconditioner_gammas, weights
 from .noise import Categorical, Fixed, Uniform, as_noise
 from .tasks import positive_int, sample_tasks
 
@@ -126,13 +126,6 @@ def thm42(models: dict[str, Params] | None = None, n: int = 5000, d: int = 10, s
 # ---- Thm 5.1 -------------------------------------------------------------------
 
 
-def preconditioner_gammas(nu: float, steps: int) -> np.ndarray:
-    """γ_l of Thm 5.1's preconditioning layers x ← (I − γ_l Σ^l) x with γ_l ν_l = 1/3,
-    where ν_l, the top eigenvalue of Σ^l, shrinks by 4/9 each step (μ ↦ μ(1 − γμ)²
-    is increasing on [0, ν] and maps ν to 4ν/9)."""
-    return (9 / 4) ** np.arange(steps) / (3 * float(nu))
-
-
 def spectrum_after(mu: np.ndarray, gammas) -> np.ndarray:
     """Eigenvalues of Σ after the preconditioning steps: μ ↦ μ (1 − γ μ)² per step."""
     mu = np.asarray(mu, np.float64)
@@ -146,7 +139,7 @@ def gdpp_newton_model(mu: np.ndarray, steps: int) -> Params:
     layers (ω_xx = −γ_l), then one GD layer with ω_yx = −2/(μ_max + μ_min) of the
     preconditioned spectrum. Returned as a DIAG model with q_y = 0 (a GD++ model)."""
     mu = np.asarray(mu, np.float64)
-    gammas = preconditioner_gammas(mu.max(), steps)
+    gammas, _ = preconditioner_gammas(mu.max(), steps)  # Thm 5.1: γ_l ν_l = 1/3
     final = spectrum_after(mu, gammas)
     layers = [{"omega_xx": -g} for g in gammas] + [{"omega_yx": -2.0 / (final.max() + final.min())}]
     return diag_model(mu.size, layers)
@@ -187,7 +180,7 @@ def thm51(kappas=(10.0, 1e2, 1e3, 1e4), epsilons=(1e-1, 1e-2, 1e-4, 1e-8), d: in
                 errors.append(float(np.linalg.norm(w_L - w) / np.linalg.norm(w)))
             for eps in epsilons:
                 hit = [s for s, e in enumerate(errors) if e <= eps]
-                fin = spectrum_after(mu, preconditioner_gammas(mu.max(), hit[0] if hit else 0))
+                fin = spectrum_after(mu, preconditioner_gammas(mu.max(), hit[0] if hit else 0)[0])
                 rows.append({
                     "kappa": float(kappa),
                     "epsilon": float(eps),
