@@ -65,8 +65,9 @@ def test_budgets():
     assert budget_config("smoke", "full", 2, steps=7, lr=None).steps == 7
     with pytest.raises(ValueError, match="unknown budget"):
         budget_config("huge", "full", 2)
-    # per-variant entries: the laptop budget starts DIAG and GD++ preconditioning, FULL as GD
+    # entries by variant and depth: the laptop budget starts GD++ and DIAG-1..6 preconditioning
     assert [budget_config("laptop", v, 3).init for v in ("full", "diag", "gd++")] == ["gd", "precondition", "precondition"]
+    assert [budget_config("laptop", v, 7).init for v in ("full", "diag", "gd++")] == ["gd", "gd", "precondition"]
     assert budget_config("laptop", "diag", 3, init="gd").init == "gd"
 
 

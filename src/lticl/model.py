@@ -25,6 +25,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import Array
 
 from .tasks import positive_int
@@ -145,8 +146,8 @@ def gd_init(
     The step is split evenly between P and Q (each √step_size): the model is
     invariant under P_k → c P_k, Q_k → Q_k / c, but Adam is not, and balanced
     factors make its per-entry step the same relative change on both."""
-    root = jnp.full((positive_int(layers, "layers"),), float(step_size) ** 0.5)
-    return _layered_init(key, variant, d, heads, jnp.zeros_like(root), root, root, scale, dtype)
+    root = np.full(positive_int(layers, "layers"), float(step_size) ** 0.5)
+    return _layered_init(key, variant, d, heads, np.zeros_like(root), root, root, scale, dtype)
 
 
 def precondition_init(
@@ -197,20 +198,22 @@ def preconditioner_gammas(nu: float, steps: int, strength: float = 1 / 3) -> tup
 
 def _layered_init(key, variant, d, heads, p_x, p_y, root, scale, dtype) -> Params:
     """Per layer ω_xx = −p_x·root, ω_yx = −p_y·root (q_x = −root, p split over the
-    heads), every free entry perturbed by scale·root N(0, 1)."""
-    layers = root.shape[0]
-    base = init_params(key, variant, layers, d, heads, scale=1.0, dtype=dtype)
-    root, p_x, p_y = (jnp.asarray(v, dtype)[:, None] for v in (root, p_x, p_y))  # (L, 1): broadcast over heads
+    heads), every free entry perturbed by scale·root N(0, 1). Values are rounded
+    to `dtype` as given: `gd_init` passes float64 NumPy arrays, rounded once, as it
+    always did, so a key gives the start it gave before this helper existed."""
+    base = init_params(key, variant, root.size, d, heads, scale=1.0, dtype=dtype)
+    p_x, p_y, root, amp = (jnp.asarray(v[:, None], dtype) for v in (p_x, p_y, root, scale * root))  # (L, 1): any heads
     if base.variant == "full":
         eye = jnp.eye(d + 1, dtype=dtype)
         ex = eye.at[d, d].set(0.0)
         P0 = p_x[..., None, None] * ex + p_y[..., None, None] * (eye - ex)
         Q0 = -root[..., None, None] * ex
+        amp = amp[..., None, None]
     else:
         P0 = jnp.stack([p_x, p_y], axis=-1)
         Q0 = jnp.stack([-root, jnp.zeros_like(root)], axis=-1)[..., : base.q.shape[-1]]
-    root = root[..., None, None] if base.variant == "full" else root[..., None]
-    return Params(base.variant, d, P0 / heads + scale * root * base.p, Q0 + scale * root * base.q)
+        amp = amp[..., None]
+    return Params(base.variant, d, P0 / heads + amp * base.p, Q0 + amp * base.q)
 
 
 def _diag_matrix(sx: Array, sy: Array, d: int) -> Array:
