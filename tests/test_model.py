@@ -142,6 +142,20 @@ def test_init_shapes():
 
 
 @pytest.mark.parametrize("variant", lticl.VARIANTS)
+def test_gd_init_rounds_its_perturbation_once(variant):
+    """gd_init = GD layers + float32(scale·√η) · N(0, 1), the product taken in float64
+    and rounded once, as since its first version: stored runs keep their start (an
+    ulp here changes a trained FULL-6 in the fourth digit)."""
+    key, eta, scale = jax.random.key(3), 1 / 31, 1e-3
+    noise = lticl.init_params(key, variant, 3, D, 2, scale=1.0)
+    clean = lticl.gd_init(key, variant, 3, D, 2, eta, 0.0)
+    params = lticl.gd_init(key, variant, 3, D, 2, eta, scale)
+    amp = np.float32(scale * eta**0.5)
+    np.testing.assert_array_equal(params.p, clean.p + amp * noise.p)
+    np.testing.assert_array_equal(params.q, clean.q + amp * noise.q)
+
+
+@pytest.mark.parametrize("variant", lticl.VARIANTS)
 @pytest.mark.parametrize("heads", [1, 2])
 def test_precondition_init_as_documented(variant, heads):
     """Unperturbed, layers 1..L−1 precondition with γ_l ν_l = strength and take a
