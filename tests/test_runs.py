@@ -69,6 +69,10 @@ def test_budgets():
     assert [budget_config("laptop", v, 3).init for v in ("full", "diag", "gd++")] == ["gd", "precondition", "precondition"]
     assert [budget_config("laptop", v, 7).init for v in ("full", "diag", "gd++")] == ["gd", "gd", "precondition"]
     assert budget_config("laptop", "diag", 3, init="gd").init == "gd"
+    # … and gives DIAG-7 alone twice the steps
+    assert [budget_config("laptop", v, 7).steps for v in ("full", "diag", "gd++")] == [2000, 4000, 2000]
+    assert budget_config("laptop", "diag", 6).steps == 2000
+    assert budget_config("laptop", "diag", 7, steps=100).steps == 100
 
 
 def _cli(*args):

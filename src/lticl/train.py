@@ -161,12 +161,19 @@ def _laptop_init(variant: str, layers: int) -> str:
     return "precondition" if variant == "gdpp" or (variant == "diag" and layers <= 6) else "gd"
 
 
+def _laptop_steps(variant: str, layers: int) -> int:
+    """DIAG-7 takes 4,000 steps: at 2,000 it lands at 0.049–0.054 on uniform:5 (four
+    seeds, 1,000,000 fresh sequences each), on the edge of the 0.049 target; at 4,000
+    at 0.048 (docs/training.md)."""
+    return 4000 if variant == "diag" and layers == 7 else 2000
+
+
 # Budgets: TrainConfig overrides (a callable value: of variant and layers). "laptop" is the measured recipe (docs/training.md);
 # "paper" is the paper's own (SPEC §7: Adam 1e-4, batch 2048, 200k steps, best of 5).
 BUDGETS: dict[str, dict] = {
     "smoke": dict(steps=60, batch=256, seeds=1, lr=1e-3, warmup=10, chunk=30, validation_sequences=2000,
                   evaluation_sequences=5000, tail_sequences=20_000),
-    "laptop": dict(steps=2000, batch=512, seeds=1, init=_laptop_init),
+    "laptop": dict(steps=_laptop_steps, batch=512, seeds=1, init=_laptop_init),
     "paper": dict(steps=200_000, batch=2048, lr=1e-4, warmup=0, final_lr_fraction=1.0, seeds=5,
                   objective="sampled_query", init="random", chunk=1000),
 }
