@@ -162,9 +162,9 @@ def _laptop_init(variant: str, layers: int) -> str:
 
 
 def _laptop_steps(variant: str, layers: int) -> int:
-    """DIAG-7 takes 4,000 steps: at 2,000 it lands at 0.049–0.054 on uniform:5 (four
+    """DIAG-7 takes 4,000 steps. At 2,000 it lands at 0.049–0.054 on uniform:5 (four
     seeds, 1,000,000 fresh sequences each), on the edge of the 0.049 target; at 4,000
-    at 0.048 (docs/training.md)."""
+    it gets 0.0483 (docs/training.md)."""
     return 4000 if variant == "diag" and layers == 7 else 2000
 
 
