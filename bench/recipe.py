@@ -11,7 +11,10 @@ docs/training.md ("What was tried on the gaps") lists the runs made with it.
 import sys
 import time
 
-from lticl.train import TrainConfig, budget_config, train_group, use_cpu_cores
+from lticl.config import TrainConfig
+from lticl.devices import use_cpu_cores
+from lticl.experiments import budget_config
+from lticl.train import train_group
 
 
 def overrides(args: list[str]) -> dict:
@@ -29,7 +32,7 @@ def main() -> None:
         sys.exit(__doc__)
     use_cpu_cores()
     from lticl.paper import paper_settings, paper_value
-    from lticl.reproduce import verdict
+    from lticl.table1 import verdict
 
     variant, layers, over = sys.argv[1], int(sys.argv[2]), overrides(sys.argv[3:])
     settings = paper_settings()

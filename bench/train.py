@@ -3,10 +3,10 @@ uniform:5), all measured in one run so that only ratios are compared:
 
 - tokens:   the literal attention (token form) inside the loss, a Python loop of jitted steps
 - implicit: w^L through the implicit-state recursion (M, u, a, w), scan-fused
-- engine:   lticl.train.run_steps (w^L as one row carried back; DIAG mixes elementwise), scan-fused
+- engine:   lticl.engine.run_steps (w^L as one row carried back; DIAG mixes elementwise), scan-fused
 - grid:     run_steps over 4 configs (4 noise settings) vmapped in one call
 - spread:   the same 4 configs placed across the CPU devices (one per core,
-            lticl.train.use_cpu_cores) as train_group does
+            lticl.devices.use_cpu_cores) as train_group does
 
 Achieved GFLOP/s of the engine: XLA's flop count of one compiled step times the
 measured rate, against a float32 matmul peak measured in the same run.
@@ -24,7 +24,9 @@ import optax
 from lticl.metrics import sequence_loss
 from lticl.model import implicit_state, predict
 from lticl.tasks import sample_tasks
-from lticl.train import TrainConfig, _spread, _stack, init_state, run_steps, use_cpu_cores
+from lticl.config import TrainConfig
+from lticl.devices import spread as spread_models, use_cpu_cores
+from lticl.engine import concat, init_state, run_steps
 
 
 def timed(fn, repeats=1):
@@ -97,9 +99,9 @@ def main():
         rows = {k: args.steps / baseline_steps(config, args.steps, k) for k in ("tokens", "implicit")}
         state = init_state(config)
         rows["engine"] = args.steps / timed(lambda: run_steps(config, state, args.steps)[1])
-        grid = _stack([init_state(TrainConfig(variant, 7, f"uniform:{s}", steps=10_000)) for s in (1, 3, 5, 7)])
+        grid = concat([init_state(TrainConfig(variant, 7, f"uniform:{s}", steps=10_000)) for s in (1, 3, 5, 7)])
         rows["grid (4 configs)"] = 4 * args.steps / timed(lambda: run_steps(config, grid, args.steps)[1])
-        spread = _spread(grid, 4)
+        spread = spread_models(grid, 4)
         rows["spread (4 configs)"] = 4 * args.steps / timed(lambda: run_steps(config, spread, args.steps)[1])
         for name, rate in rows.items():
             print(f"{variant}-7  {name:19s} {rate:6.1f} model-steps/s  {rate / rows['tokens']:5.2f}x tokens")

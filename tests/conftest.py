@@ -13,7 +13,7 @@ import pytest
 jax.config.update("jax_enable_x64", True)
 
 import lticl  # noqa: E402  (after the x64 switch)
-from lticl.train import use_cpu_cores  # noqa: E402
+from lticl.devices import use_cpu_cores  # noqa: E402
 
 use_cpu_cores(2)  # as the CLI does on a 2-core machine: groups of models spread over both
 

@@ -34,7 +34,7 @@ def test_truncate_rejects_bad_depths(key):
 
 @pytest.mark.parametrize("variant,heads", [("diag", 1), ("diag", 3), ("gdpp", 2)])
 def test_momentum_view_is_an_exact_decomposition(key, variant, heads):
-    """SPEC §4: α^l = (M + u w_olsᵀ) Σ (a w_ols − w) + a ρ u, and the update of w^l is
+    """docs/math.md §4: α^l = (M + u w_olsᵀ) Σ (a w_ols − w) + a ρ u, and the update of w^l is
     exactly rescale + gradient + momentum (paper's Lemma 4.4)."""
     params = gd_like_params(key, variant, 5, 6, heads, N)
     t = sample_tasks(jax.random.key(3), "uniform:4", 32, N, 6, jnp.float64)

@@ -56,7 +56,7 @@ def test_diag_closed_form_equals_tokens(variant, layers, heads):
 
 
 def test_diag_layer_literally_as_spec(key):
-    """SPEC §3 written out once more by hand for one layer, one token at a time."""
+    """docs/math.md §3 written out once more by hand for one layer, one token at a time."""
     params, t = setup("diag", 1, 2, jnp.float64, batch=3)
     w_xx, w_xy, w_yx, w_yy = np.asarray(lticl.omegas(params)[0])
     for b in range(t.batch):

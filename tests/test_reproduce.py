@@ -10,8 +10,11 @@ import numpy as np
 import pytest
 
 from conftest import assert_one_line_error, run_cli
-from lticl.paper import paper_settings, paper_value
-from lticl.reproduce import FIGURES, Reproduction, _row, needed, tolerance_ok
+from lticl.experiments import BASELINES, DEPTHS, FIGURES, TARGET_NAMES, VARIANTS, cells
+from lticl.metrics import evaluate_baselines
+from lticl.paper import PAPER_D, PAPER_N, paper_settings, paper_value
+from lticl.reproduce import Reproduction
+from lticl.table1 import row, tolerance_ok
 
 
 def test_tolerance_rule():
@@ -21,20 +24,40 @@ def test_tolerance_rule():
 
 def test_a_tail_miss_is_a_cell_within_tolerance_that_one_tail_sequence_pushes_out():
     # paper 0.1: within up to 0.105; one sequence of 6,000 in a million adds 0.006
-    assert _row("full", 3, "uniform:5", 0.1, 0.1, tail_worst=4000.0, tail_pool=10**6)["within"]
-    pushed = _row("full", 3, "uniform:5", 0.1, 0.1, tail_worst=6000.0, tail_pool=10**6)
+    assert row("full", 3, "uniform:5", 0.1, 0.1, tail_worst=4000.0, tail_pool=10**6)["within"]
+    pushed = row("full", 3, "uniform:5", 0.1, 0.1, tail_worst=6000.0, tail_pool=10**6)
     assert pushed["tail_miss"] and not pushed["within"]
     # a cell already out of tolerance is a plain miss, not a tail miss; an overflow is a tail
-    assert not _row("full", 3, "uniform:5", 0.2, 0.1, tail_worst=6000.0, tail_pool=10**6)["tail_miss"]
-    assert _row("full", 3, "uniform:5", 0.1, 0.1, tail_worst=float("nan"), tail_pool=10**6)["tail_miss"]
+    assert not row("full", 3, "uniform:5", 0.2, 0.1, tail_worst=6000.0, tail_pool=10**6)["tail_miss"]
+    assert row("full", 3, "uniform:5", 0.1, 0.1, tail_worst=float("nan"), tail_pool=10**6)["tail_miss"]
 
 
-def test_targets_need_the_runs_they_plot():
-    assert len(needed("table1")) == 3 * 7 * 10
-    assert needed("fig4") == {("full", 4, "categorical:1,3")}
-    assert all(needed(f) <= needed("all") for f in FIGURES)
+def test_table1_reads_every_cell_the_paper_reports_and_figures_read_only_those():
+    reported = {(v, L, s) for v in VARIANTS for L in DEPTHS for s in paper_settings()
+                if paper_value(v, s, L) is not None}
+    assert cells("table1") == reported == cells("all")
+    assert all(cells(f) and cells(f) <= cells("table1") for f in FIGURES)
+    assert all(paper_value(m, s) is not None for m in BASELINES for s in paper_settings())
+    with pytest.raises(ValueError, match="unknown target"):
+        cells("fig9")
+    assert set(TARGET_NAMES) == {"table1", "all", *FIGURES}
 
 
+def test_baseline_rows_follow_the_seed_in_one_directory(tmp_path):
+    """The baseline rows' cache is keyed by what they depend on: a second seed in the
+    same output directory gets its own baselines, equal to a fresh computation."""
+    small = dict(evaluation_sequences=3000)
+    first = Reproduction(tmp_path, "smoke", seed=0, **small).baselines(["uniform:2"])
+    second = Reproduction(tmp_path, "smoke", seed=1, **small).baselines(["uniform:2"])
+    fresh = evaluate_baselines(BASELINES, ["uniform:2"], 1, 3000, 3000, PAPER_N, PAPER_D)["uniform:2"]["evaluation"]
+    assert second["uniform:2"] == {m: fresh[m].mean for m in BASELINES}
+    assert all(first["uniform:2"][m] != second["uniform:2"][m] for m in ("constrr", "adarr"))
+    assert len(list(tmp_path.glob("baselines-*.json"))) == 2
+    # read back, not recomputed: the cache answers for seed 0 as it did
+    assert Reproduction(tmp_path, "smoke", seed=0, **small).baselines(["uniform:2"]) == first
+
+
+@pytest.mark.slow
 def test_a_heavy_tailed_cell_gets_a_second_run_of_new_seeds(tmp_path):
     """A cell whose chosen seed shows a heavy tail on its tail set gets a second run
     of as many new seeds; the cell's seeds are the first run's, untouched, then the
@@ -68,17 +91,13 @@ def smoke(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_smoke_reproduction_writes_table_and_every_figure(smoke):
     rows = list(csv.DictReader(open(smoke / "table1.csv")))
     assert len(rows) == 3 * 7 * 10 + 3 * 10
     for r in rows:
-        layers = int(r["layers"]) if r["layers"] else None
-        model = {"GD++": "gdpp"}.get(r["model"], r["model"].lower())
-        assert float(r["paper"]) == paper_value(model, r["setting"], layers)
-        if r["ours"] != "nan":
-            assert abs(float(r["ours"]) - float(r["paper"]) - float(r["difference"])) < 1e-9
         # trained cells carry their worst evaluation sequence, which bounds their mean
-        assert (r["worst"] != "") == (r["seeds"] != "") == (layers is not None)
+        assert (r["worst"] != "") == (r["seeds"] != "") == (r["layers"] != "")
         if r["worst"] and r["ours"] != "nan":
             assert float(r["worst"]) >= float(r["ours"])
     assert {r["setting"] for r in rows} == set(paper_settings())
@@ -99,6 +118,7 @@ def test_smoke_reproduction_writes_table_and_every_figure(smoke):
             assert (smoke / f"{f}.{ext}").stat().st_size > 5000
 
 
+@pytest.mark.slow
 def test_smoke_depth_helps_and_baselines_hold(smoke):
     rows = {(r["model"], r["layers"], r["setting"]): float(r["ours"]) for r in csv.DictReader(open(smoke / "table1.csv"))}
     # Even 60 steps: a 3-layer model beats every 1-layer model at sigma = 0, and the
@@ -107,14 +127,18 @@ def test_smoke_depth_helps_and_baselines_hold(smoke):
     assert abs(rows[("ADARR", "", "uniform:5")] - paper_value("adarr", "uniform:5")) < 0.01
 
 
-def test_smoke_gdpp_stalls_near_constrr(smoke):
+@pytest.mark.slow
+def test_smoke_gdpp_stalls_at_its_bound_while_diag_and_full_go_below(smoke):
     """The paper's headline: GD++ behaves like ridge with one global noise estimate, so
-    on uniform:5 it plateaus near CONSTRR from 3 layers on (never far below it, never
-    far above), while DIAG and FULL keep improving with depth and pull well below."""
-    rows = {(r["model"], r["layers"], r["setting"]): float(r["ours"]) for r in csv.DictReader(open(smoke / "table1.csv"))}
+    on uniform:5 no depth of it goes below the bound of models linear in y (10% slack
+    for a 5,000-sequence evaluation), while DIAG and FULL keep improving with depth
+    and pull well below CONSTRR."""
+    table = list(csv.DictReader(open(smoke / "table1.csv")))
+    rows = {(r["model"], r["layers"], r["setting"]): float(r["ours"]) for r in table}
     constrr = rows[("CONSTRR", "", "uniform:5")]
-    for L in range(3, 8):
-        assert 0.95 * constrr <= rows[("GD++", str(L), "uniform:5")] <= 1.35 * constrr, L
+    for r in table:
+        if r["model"] == "GD++" and r["setting"] == "uniform:5":
+            assert float(r["ours"]) >= 0.9 * float(r["bound"]), r
     for model in ("DIAG", "FULL"):
         assert rows[(model, "7", "uniform:5")] < 0.6 * constrr
         assert rows[(model, "7", "uniform:5")] < rows[(model, "3", "uniform:5")]
@@ -126,9 +150,10 @@ def test_reproduce_bad_arguments_give_one_line_errors(tmp_path):
         assert_one_line_error(run_cli("reproduce", *args, "--out", tmp_path), match)
 
 
+@pytest.mark.slow
 def test_a_finished_reproduction_is_reused(smoke):
+    from lticl.experiments import budget_config
     from lticl.runs import run_name
-    from lticl.train import budget_config
 
     model = smoke / "runs" / run_name(budget_config("smoke", "full", 4, "categorical:1,3")) / "model.npz"
     before = model.stat().st_mtime_ns

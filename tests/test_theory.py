@@ -14,11 +14,12 @@ from lticl import theory
 from lticl.metrics import oracle_loss
 from lticl.tasks import stack_chunks
 from lticl.theory import best_one_step_size
-from lticl.train import TrainConfig, train
+from lticl.config import TrainConfig
+from lticl.train import train
 
 
 def test_best_one_layer_loss_is_the_papers_number():
-    # SPEC §5: ½(d − nd/(n+d+1)) at σ = 0, d = 10, n = 20, which the paper rounds to 1.774.
+    # docs/math.md §5: ½(d − nd/(n+d+1)) at σ = 0, d = 10, n = 20, which the paper rounds to 1.774.
     assert round(lticl.best_one_layer_loss(20, 10), 3) == 1.774
 
 
@@ -44,7 +45,7 @@ def test_bad_arguments():
         lticl.best_one_layer_loss(0, 10)
 
 
-# ------------------------------------------------------------------ SPEC §8, executable
+# ------------------------------------------------------------------ the theorems, executable
 
 
 def test_thm42_no_layer_output_aligns_with_a_quadratic_feature():

@@ -9,11 +9,14 @@ import pytest
 import lticl
 from lticl import baselines as bl
 from lticl.metrics import Evaluation, oracle_loss, sequence_loss
-from lticl.model import _final_weights, gd_init
+from lticl.config import TrainConfig
+from lticl.devices import use_cpu_cores
+from lticl.engine import init_state, objective, run_steps
+from lticl.model import gd_init, weights
+from lticl.selection import TAIL_KEEP, heavy_tailed, select_best
 from lticl.tasks import data_key, stack_chunks, tail_tasks, task_chunks
 from lticl.theory import best_one_step_size
-from lticl.train import (TAIL_KEEP, TrainConfig, heavy_tailed, init_state, objective, run_steps, select_best,
-                         train, train_group, use_cpu_cores)
+from lticl.train import train, train_group
 
 TINY = dict(d=3, n=8, batch=64, steps=6, chunk=3, validation_sequences=500, evaluation_sequences=500,
             tail_sequences=2000)
@@ -75,6 +78,7 @@ def test_the_training_loss_estimates_the_expected_loss_with_or_without_importanc
     assert abs(batches.mean() - expected) < 4 * batches.std(ddof=1) / np.sqrt(len(batches)), (batches, expected)
 
 
+@pytest.mark.slow
 def test_starting_preconditioned_escapes_the_optimum_that_gd_start_trains_into():
     """GD++-2 on noiseless data has local optima at adjusted loss 0.389, 0.342 and
     0.267 (float64 L-BFGS from many starts, docs/training.md). From GD's start
@@ -87,6 +91,7 @@ def test_starting_preconditioned_escapes_the_optimum_that_gd_start_trains_into()
     assert pre.evaluation.mean < gd.evaluation.mean - 0.03, (pre.evaluation, gd.evaluation)
 
 
+@pytest.mark.slow
 def test_a_group_spread_over_devices_equals_each_config_alone():
     """Three configs on two CPU devices (conftest asks for two; one is padded)
     train as each does alone on one device, to float32 rounding (observed ≤ 1e-9:
@@ -101,6 +106,7 @@ def test_a_group_spread_over_devices_equals_each_config_alone():
         np.testing.assert_allclose(t.evaluation.mean, alone.evaluation.mean, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_huge_learning_rate_recovers_and_ends_finite():
     config = TrainConfig("full", 3, "uniform:3", lr=1e3, warmup=0, steps=150, chunk=10, seeds=2,
                          **{k: v for k, v in TINY.items() if k not in ("steps", "chunk")})
@@ -110,6 +116,7 @@ def test_huge_learning_rate_recovers_and_ends_finite():
     assert result.evaluation.nonfinite == 0 and np.isfinite(result.evaluation.mean)
 
 
+@pytest.mark.slow
 def test_training_beats_the_best_one_layer_model():
     """A 3-layer DIAG model trained briefly beats one GD step with the best step size
     (the best any 1-layer model can do) on fresh sequences."""
@@ -140,7 +147,7 @@ def test_tail_set_finds_the_worst_sequence_of_an_unstable_model():
     top = tail_tasks(key, "uniform:5", pool, TAIL_KEEP, 20, 10, jnp.float64)
     for eta, tailed in ((0.5, True), (best_one_step_size(20, 10, 25 / 3), False)):
         p = gd_init(jax.random.key(0), "full", 3, 10, 1, eta, 0.0)
-        loss = lambda t: np.asarray(sequence_loss(_final_weights(p, t.x, t.y), t.w) - oracle_loss(t))
+        loss = lambda t: np.asarray(sequence_loss(weights(p, t.x, t.y), t.w) - oracle_loss(t))
         assert heavy_tailed(Evaluation.of(loss(top)), 10) == tailed
         if tailed:
             assert loss(top).max() == loss(everything).max()
@@ -169,6 +176,7 @@ def test_select_best_skips_broken_seeds():
     assert select_best([Evaluation(0.3, 0.01, float("nan"), 0, 0.01, 100), worse], worst_limit=500) == 1
 
 
+@pytest.mark.slow
 def test_a_run_that_cannot_recover_stops_loudly():
     """An initial model that overflows on some sequences fails every batch: the run
     must stop with an explanation, not train on with a vanishing learning rate."""
@@ -179,6 +187,7 @@ def test_a_run_that_cannot_recover_stops_loudly():
         train(config)
 
 
+@pytest.mark.slow
 def test_a_failed_config_does_not_stop_its_group():
     """Beside a config that trains, one that cannot recover is reported unusable
     (its evaluation shows why) instead of stopping the sweep."""
@@ -222,10 +231,15 @@ def test_failed_steps_are_skipped_then_rolled_back():
 
 
 def test_use_cpu_cores_lets_a_late_core_wait_unless_told_otherwise(monkeypatch):
+    """The user's XLA flags are kept; the collective timeout is added only where the
+    user has not set one, and then at least as long as a long group's chunk."""
+    flag = "--xla_cpu_collective_call_terminate_timeout_seconds"
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
     use_cpu_cores()
-    assert os.environ["XLA_FLAGS"].split() == ["--xla_cpu_enable_fast_math=false",
-                                              "--xla_cpu_collective_call_terminate_timeout_seconds=3600"]
-    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_collective_call_terminate_timeout_seconds=5")
+    mine, added = os.environ["XLA_FLAGS"].split()
+    assert mine == "--xla_cpu_enable_fast_math=false"
+    name, value = added.split("=")
+    assert name == flag and int(value) >= 600
+    monkeypatch.setenv("XLA_FLAGS", f"{flag}=5")
     use_cpu_cores()
-    assert os.environ["XLA_FLAGS"] == "--xla_cpu_collective_call_terminate_timeout_seconds=5"
+    assert os.environ["XLA_FLAGS"] == f"{flag}=5"

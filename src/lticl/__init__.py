@@ -1,8 +1,8 @@
 """lticl — linear transformers as versatile in-context learners.
 
 A reference implementation of Vladymyrov, von Oswald, Sandler & Ge (NeurIPS 2024).
-Notation follows SPEC.md: tokens e_i = (x_i, y_i), layers e ← e + Σ_k P_k G Q_k e,
-prediction ŷ = −y_query; G = [[Σ, α], [αᵀ, λ]].
+Notation and conventions are in docs/math.md: tokens e_i = (x_i, y_i), layers
+e ← e + Σ_k P_k G Q_k e, prediction ŷ = −y_query; G = [[Σ, α], [αᵀ, λ]].
 """
 
 from . import baselines, inspection, metrics, paper, theory

@@ -2,7 +2,7 @@
 
 `algorithm(model)` returns a NumPy function (X, y) -> w that runs the model's
 learned algorithm on any regression problem, with any number of points n, in the
-Gram form of SPEC §4: G = [X y]ᵀ[X y] once (O(n d²)), then per layer
+Gram form of docs/math.md §4: G = [X y]ᵀ[X y] once (O(n d²)), then per layer
 T = I + Σ_k P_k G Q_k, G ← T G Tᵀ (O(d³)); the query moves by the product of the
 T's, so w = −(T^{L-1}⋯T^0)[d, :d]. No JAX is involved.
 
@@ -99,7 +99,7 @@ class ProblemSet:
 
 
 def synthetic_problems(name: str, noise, problems: int, n: int, d: int, seed: int) -> ProblemSet:
-    """Problems drawn as in SPEC §1 (x, w ~ N(0, I), σ per problem from `noise`)."""
+    """Problems drawn as in docs/math.md §1 (x, w ~ N(0, I), σ per problem from `noise`)."""
     import jax
 
     from .tasks import sample_tasks
@@ -202,7 +202,7 @@ def default_problem_sets(noise, d: int = 10, problems: int = 2000, seed: int = 2
     from .noise import as_noise
 
     noise = as_noise(noise)
-    top = _max_sigma(noise)
+    top = noise.sigma_max
     sets = [synthetic_problems(f"{noise.spec}, n={n}", noise, problems, n, d, seed + i)
             for i, n in enumerate((20, 12, 40, 80))]
     for j, s in enumerate((top + 1.0, top + 3.0)):
@@ -210,15 +210,3 @@ def default_problem_sets(noise, d: int = 10, problems: int = 2000, seed: int = 2
     if with_data and d == 10:
         sets += [diabetes_problems(problems, n, seed + 20 + n) for n in (20, 40)]
     return sets
-
-
-def _max_sigma(noise) -> float:
-    from .noise import Categorical, Fixed, Uniform
-
-    if isinstance(noise, Uniform):
-        return noise.sigma_max
-    if isinstance(noise, Fixed):
-        return noise.sigma
-    if isinstance(noise, Categorical):
-        return max(noise.values)
-    raise ValueError(f"cannot tell the training range of noise {noise.spec}")

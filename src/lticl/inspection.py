@@ -1,4 +1,4 @@
-"""Look inside a linear transformer (SPEC §3–4): the ω values of each layer, how
+"""Look inside a linear transformer (docs/math.md §3–4): the ω values of each layer, how
 close a FULL model is to DIAG, the regressor held after every layer, and the
 momentum view of DIAG layers (the paper's Lemma 4.4).
 
@@ -18,13 +18,12 @@ from jax import Array
 
 from . import baselines
 from .metrics import Evaluation, per_layer_profile
-from .model import (Params, _diag_matrix, _implicit, check_batch, check_params, full_matrices, gram, implicit_state,
-                    layer_grams, omegas)
+from .model import (OMEGA_NAMES, Params, check_batch, check_params, diag_matrix, full_matrices, gram, implicit_state, layer_grams,
+                    omegas)
 from .model import head_omegas as model_head_omegas
 from .noise import Fixed, as_noise
 from .tasks import positive_int, sample_tasks
 
-OMEGA_NAMES = ("omega_xx", "omega_xy", "omega_yx", "omega_yy")
 
 
 # --------------------------------------------------------------------------- structure
@@ -56,7 +55,7 @@ def diagonality(M: np.ndarray, rank_tol: float = 0.1) -> Diagonality:
     """`Diagonality` of matrices M (L, H, D, D)."""
     M = np.asarray(M, np.float64)
     d = M.shape[-1] - 1
-    Dm = np.asarray(_diag_matrix(*(jnp.asarray(a) for a in diagonal_part(M)), d))
+    Dm = np.asarray(diag_matrix(*(jnp.asarray(a) for a in diagonal_part(M)), d))
     R = M - Dm
     frac = np.sqrt((Dm**2).sum(axis=(1, 2, 3)) / np.maximum((M**2).sum(axis=(1, 2, 3)), np.finfo(float).tiny))
     norm_M = np.linalg.norm(M, ord=2, axis=(-2, -1))  # (L, H)
@@ -104,6 +103,21 @@ class Inspection:
     layer_adjusted_loss: list[Evaluation]  # after layers 1..L
     P: Diagonality | None = None
     Q: Diagonality | None = None
+
+    def rows(self) -> list[dict]:
+        """One row per layer: ω, the adjusted loss after it, and for FULL how near
+        DIAG its P and Q are (for DIAG/GD++, how far its heads are from rank one)."""
+        rows = []
+        for l in range(self.layers):
+            row = {"layer": l + 1, **dict(zip(("ω_xx", "ω_xy", "ω_yx", "ω_yy"), self.omega[l].tolist())),
+                   "adjusted loss": self.layer_adjusted_loss[l].mean}
+            if self.P is not None:
+                row.update({"P diag share": float(self.P.fraction[l]), "P rest rank": int(self.P.rank[l]),
+                            "Q diag share": float(self.Q.fraction[l]), "Q rest rank": int(self.Q.rank[l])})
+            else:
+                row["head |ω_xx ω_yy − ω_xy ω_yx|"] = float(self.rank_one_gap[l].max())
+            rows.append(row)
+        return rows
 
     def to_dict(self) -> dict:
         out = {
@@ -171,7 +185,7 @@ MOMENTUM_SUMMARIES = ("effective_step", "step", "rescaling", "momentum_ratio", "
 @jax.jit
 def _momentum_terms(params: Params, x: Array, y: Array) -> dict[str, Array]:
     d = params.d
-    st = _implicit(params, x, y)
+    st = implicit_state(params, x, y)
     G, _ = layer_grams(params, gram(x, y))  # G^l for l = 0..L-1
     M, u, a, w = st.M[:-1], st.u[:-1], st.a[:-1], st.w[:-1]
     Sigma, alpha, lam = G[0, :, :d, :d], G[0, :, :d, d], G[0, :, d, d]
@@ -203,7 +217,7 @@ def _momentum_terms(params: Params, x: Array, y: Array) -> dict[str, Array]:
 def momentum_terms(params: Params, x: Array, y: Array) -> dict[str, Array]:
     """The paper's Lemma 4.4 for a DIAG/GD++ model, each entry (L, B[, d]) for layers
     l = 0..L-1. With f(w) = ½ Σ_i (a^l y_i − <w, x_i>)², the update of the implicit
-    regressor splits exactly (SPEC §4) as
+    regressor splits exactly (docs/math.md §4) as
 
         w^{l+1} − w^l = rescale + gradient + momentum
         rescale  = ω_yy λ^l w^l                                 (output rescaling)

@@ -1,7 +1,8 @@
-"""Model interchange: one .npz per model, readable by any implementation.
+"""Files: model interchange (one .npz per model, readable by any implementation),
+and the atomic write every file of the library goes through.
 
-The file holds `P` and `Q` as full arrays of shape (L, H, d+1, d+1) in SPEC §2's
-convention (e_i ← e_i + Σ_k P_k G Q_k e_i, prediction −y_query), DIAG and GD++
+A model file holds `P` and `Q` as full arrays of shape (L, H, d+1, d+1) in the
+convention of docs/math.md §2 (e_i ← e_i + Σ_k P_k G Q_k e_i, prediction −y_query), DIAG and GD++
 expanded to full matrices, and `variant` as a plain string. Loading never
 unpickles and checks that DIAG/GD++ matrices really have their structure.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import jax.numpy as jnp
 import numpy as np
@@ -21,20 +23,29 @@ from .model import Params, canonical_variant, check_params, full_matrices
 _STRUCTURE_RTOL = 1e-6
 
 
-def save_npz(params: Params, path: str | os.PathLike) -> Path:
-    """Write `params` to `path` atomically (a reader never sees a partial file)."""
-    check_params(params)
+def atomic_write(path: str | os.PathLike, write: Callable) -> Path:
+    """Call `write(file)` on a temporary file beside `path`, flush it to disk, then
+    rename it over `path`: a reader, or a run killed at any instant, sees the old
+    file or the new one, never a partial one."""
     path = Path(path)
-    P, Q = (np.asarray(a) for a in full_matrices(params))
-    fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", suffix=".npz.tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, P=P, Q=Q, variant=np.asarray(params.variant))
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def save_npz(params: Params, path: str | os.PathLike) -> Path:
+    """Write `params` to `path` atomically."""
+    check_params(params)
+    P, Q = (np.asarray(a) for a in full_matrices(params))
+    return atomic_write(path, lambda f: np.savez(f, P=P, Q=Q, variant=np.asarray(params.variant)))
 
 
 def _structured(variant: str, P: np.ndarray, Q: np.ndarray, path) -> tuple[np.ndarray, np.ndarray]:

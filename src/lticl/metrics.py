@@ -1,4 +1,4 @@
-"""Exact losses, adjusted losses and profiles (SPEC §4–5).
+"""Exact losses, adjusted losses, profiles, and the baselines evaluated (docs/math.md §4–6).
 
 Every method here outputs a weight vector ŵ, so its loss averaged over the query
 x_query ~ N(0, I) is exactly ½‖ŵ − w‖²; no query sampling noise enters.
@@ -23,7 +23,7 @@ from jax import Array
 from . import baselines
 from .model import Params, implicit_state
 from .noise import Fixed, NoiseDistribution
-from .tasks import Tasks, task_chunks
+from .tasks import Tasks, data_key, stack_chunks, task_chunks
 
 # (x (B,n,d), y (B,n)) -> ŵ (B,d); a model is functools.partial(lticl.weights, params).
 Method = Callable[[Array, Array], Array]
@@ -75,7 +75,7 @@ class Evaluation:
 @partial(jax.jit, static_argnames="fns")
 def _chunk_losses(tasks: Tasks, fns: tuple, tuned: tuple) -> dict[str, Array]:
     # One compiled program for all methods: XLA merges the identical
-    # eigendecompositions of the ridge family (3.5x faster than one jit per method).
+    # eigendecompositions of the ridge family.
     ref = oracle_loss(tasks)
     losses = {name: sequence_loss(fn(tasks.x, tasks.y, **kw), tasks.w) - ref for (name, fn), kw in zip(fns, tuned)}
     return {**losses, "oracle_loss": ref}
@@ -129,12 +129,41 @@ def per_variance_profile(
     ]
 
 
+@jax.jit
+def layer_adjusted_losses(params: Params, tasks: Tasks) -> Array:
+    """(L+1, B): adjusted loss of the implicit prediction <w^l, x_query> after each
+    layer l = 0..L (l = 0 predicts 0), per sequence."""
+    return sequence_loss(implicit_state(params, tasks.x, tasks.y).w, tasks.w) - oracle_loss(tasks)
+
+
 def per_layer_profile(
     params: Params, key: Array, noise, sequences: int, n: int, dtype=jnp.float32
 ) -> list[Evaluation]:
-    """Adjusted loss of the implicit prediction <w^l, x_query> after each layer
-    l = 0..L (l = 0 predicts 0) on the same fresh sequences."""
-    # implicit_state(...).w is (L+1, B, d): one row of per-sequence losses per layer
-    per_seq = per_sequence(lambda t: sequence_loss(implicit_state(params, t.x, t.y).w, t.w) - oracle_loss(t),
-                           key, noise, sequences, n, params.d, dtype)
+    """Adjusted loss after each layer l = 0..L (`layer_adjusted_losses`) on the same
+    fresh sequences."""
+    per_seq = per_sequence(lambda t: layer_adjusted_losses(params, t), key, noise, sequences, n, params.d, dtype)
     return [Evaluation.of(v) for v in per_seq]
+
+
+def tune_baselines(methods, setting, seed: int, sequences: int, n: int, d: int) -> dict[str, baselines.Fitted]:
+    """The baselines `methods` tuned on `sequences` of the setting's own tune stream,
+    which no evaluation ever sees."""
+    tuning = stack_chunks(task_chunks(data_key(seed, setting, "tune"), setting, sequences, n, d))
+    return baselines.fit(methods, tuning)
+
+
+def evaluate_baselines(methods, settings, seed: int, sequences: int, tune_sequences: int, n: int, d: int,
+                       progress: Callable[[str], None] | None = None) -> dict[str, dict]:
+    """{setting: {"evaluation": {method: Evaluation, "oracle_loss": Evaluation},
+    "tuned": {method: tuned values}}}: each setting's baselines tuned on its tune
+    stream and evaluated on its evaluation stream (that of a run with this seed).
+    `progress(setting)` before each setting."""
+    results = {}
+    for setting in settings:
+        if progress is not None:
+            progress(setting)
+        fitted = tune_baselines(methods, setting, seed, tune_sequences, n, d)
+        results[setting] = {"evaluation": evaluate(fitted, data_key(seed, setting, "evaluation"), setting,
+                                                   sequences, n, d),
+                            "tuned": {m: f.tuned for m, f in fitted.items()}}
+    return results

@@ -1,4 +1,4 @@
-"""Linear transformers (SPEC §2–4): parameters and three exact forward forms.
+"""Linear transformers (docs/math.md §2–4): parameters and three exact forward forms.
 
 A layer with heads k = 1..H updates every token e_i = (x_i, y_i), query included:
 
@@ -9,9 +9,9 @@ and the prediction is ŷ = −y_query after the last layer. The forms, all exact
 - "tokens": the attention literally — scores e_jᵀ Q_k e_i, values P_k e_j; O(n² d) per layer.
 - "gram":   every token moves by T^l = I + Σ_k P_k G^l Q_k with G^l = Σ_j e_j e_jᵀ,
             and G^{l+1} = T^l G^l T^lᵀ; O(d³) per layer after the first G.
-- "omega":  DIAG/GD++ only, SPEC §3's closed form in the four ω per layer.
+- "omega":  DIAG/GD++ only, the closed form of docs/math.md §3 in the four ω per layer.
 
-`implicit_state` gives the per-layer linear regressor (M^l, u^l, a^l, w^l) of SPEC §4,
+`implicit_state` gives the per-layer linear regressor (M^l, u^l, a^l, w^l) of docs/math.md §4,
 with ŷ after layer l equal to <w^l, x_query>.
 
 Shapes: B sequences, n context points, d inputs, D = d + 1, L layers, H heads.
@@ -33,6 +33,7 @@ from .tasks import positive_int
 VARIANTS = ("full", "diag", "gdpp")
 _ALIASES = {"gd++": "gdpp", "gdplusplus": "gdpp"}
 FORMS = ("tokens", "gram", "omega")
+OMEGA_NAMES = ("omega_xx", "omega_xy", "omega_yx", "omega_yy")  # the order of every ω array
 
 # Number of scalars per head and layer in P and Q for the structured variants:
 # DIAG P = diag(p_x I, p_y), Q = diag(q_x I, q_y); GD++ is DIAG with q_y = 0.
@@ -216,7 +217,7 @@ def _layered_init(key, variant, d, heads, p_x, p_y, root, scale, dtype) -> Param
     return Params(base.variant, d, P0 / heads + amp * base.p, Q0 + amp * base.q)
 
 
-def _diag_matrix(sx: Array, sy: Array, d: int) -> Array:
+def diag_matrix(sx: Array, sy: Array, d: int) -> Array:
     """diag(sx I_d, sy) for arrays of scalars: shape sx.shape + (D, D)."""
     ex = jnp.diag(jnp.arange(d + 1) < d).astype(sx.dtype)
     return sx[..., None, None] * ex + sy[..., None, None] * (jnp.eye(d + 1, dtype=sx.dtype) - ex)
@@ -228,11 +229,11 @@ def full_matrices(params: Params) -> tuple[Array, Array]:
         return params.p, params.q
     p, q = params.p, params.q
     q_y = q[..., 1] if params.variant == "diag" else jnp.zeros_like(q[..., 0])
-    return _diag_matrix(p[..., 0], p[..., 1], params.d), _diag_matrix(q[..., 0], q_y, params.d)
+    return diag_matrix(p[..., 0], p[..., 1], params.d), diag_matrix(q[..., 0], q_y, params.d)
 
 
 def head_omegas(params: Params) -> Array:
-    """(L, H, 4) [ω_xx, ω_xy, ω_yx, ω_yy] of each head alone (DIAG/GD++, SPEC §3)."""
+    """(L, H, 4) [ω_xx, ω_xy, ω_yx, ω_yy] of each head alone (DIAG/GD++, docs/math.md §3)."""
     if params.variant == "full":
         raise ValueError("omega values are defined for the diag and gdpp variants, not full")
     p, q = params.p, params.q
@@ -242,7 +243,7 @@ def head_omegas(params: Params) -> Array:
 
 
 def omegas(params: Params) -> Array:
-    """(L, 4) per-layer [ω_xx, ω_xy, ω_yx, ω_yy], summed over heads (DIAG/GD++, SPEC §3)."""
+    """(L, 4) per-layer [ω_xx, ω_xy, ω_yx, ω_yy], summed over heads (DIAG/GD++, docs/math.md §3)."""
     return head_omegas(params).sum(axis=-2)
 
 
@@ -356,7 +357,7 @@ _FORWARD = {"tokens": _forward_tokens, "gram": _forward_gram, "omega": _forward_
 
 
 class ImplicitState(NamedTuple):
-    """Per-layer implicit linear model, leading axis l = 0..L (SPEC §4):
+    """Per-layer implicit linear model, leading axis l = 0..L (docs/math.md §4):
     x_i^l = M^l x_i + y_i u^l,   y_i^l = a^l y_i − <w^l, x_i>."""
 
     M: Array  # (L+1, B, d, d)
@@ -392,6 +393,10 @@ def _implicit(params: Params, x, y) -> ImplicitState:
 
 
 # --------------------------------------------------------------------------- public
+#
+# Each public function checks its arguments' shapes, which are static under jit and
+# vmap, so it is as safe inside a caller's jit (the training step, an evaluation) as
+# at the top level, where its own jit compiles it once per shape.
 
 
 def check_batch(x, y, x_query=None, d: int | None = None) -> None:
@@ -409,11 +414,6 @@ def check_batch(x, y, x_query=None, d: int | None = None) -> None:
         raise ValueError(f"x must be non-empty in every axis, got shape {xs}")
 
 
-@partial(jax.jit, static_argnames="form")
-def _predict(params, x, y, x_query, form):
-    return _FORWARD[form](params, x, y, x_query)
-
-
 def predict(params: Params, x: Array, y: Array, x_query: Array, form: str = "gram") -> Array:
     """ŷ (B,) for context x (B, n, d), y (B, n) and query x_query (B, d)."""
     check_params(params)
@@ -425,22 +425,23 @@ def predict(params: Params, x: Array, y: Array, x_query: Array, form: str = "gra
     return _predict(params, x, y, x_query, form)
 
 
-_implicit_jit = jax.jit(_implicit)
+@partial(jax.jit, static_argnames="form")
+def _predict(params, x, y, x_query, form):
+    return _FORWARD[form](params, x, y, x_query)
 
 
+@jax.jit
 def implicit_state(params: Params, x: Array, y: Array) -> ImplicitState:
     """(M, u, a, w) for layers 0..L, each with leading axis L+1, then the batch axis."""
     check_params(params)
     check_batch(x, y, d=params.d)
-    return _implicit_jit(params, x, y)
+    return _implicit(params, x, y)
 
 
-_final_weights_jit = jax.jit(_final_weights)
-
-
+@jax.jit
 def weights(params: Params, x: Array, y: Array) -> Array:
     """w^L (B, d): the model's prediction is exactly <w^L, x_query>. Equal to
     implicit_state(...).w[-1], by a cheaper route (the training objective's)."""
     check_params(params)
     check_batch(x, y, d=params.d)
-    return _final_weights_jit(params, x, y)
+    return _final_weights(params, x, y)

@@ -1,4 +1,4 @@
-"""Noise distributions p(σ) over the per-sequence noise level σ_τ (SPEC §1).
+"""Noise distributions p(σ) over the per-sequence noise level σ_τ (docs/math.md §1).
 
 σ_τ is a standard deviation, fixed inside a sequence and drawn once per sequence.
 Every distribution is a frozen (hashable) dataclass, so it can be a static
@@ -6,8 +6,10 @@ argument of a jitted function, and has a compact spec string for the CLI:
 
     fixed:0.5    uniform:5    categorical:1,3,5
 
-A user's own distribution is any object with the `NoiseDistribution` methods;
-`Custom` wraps a plain sampling function.
+A distribution answers everything the library asks of it (its range, E[σ²], the
+intervals training draws from, the ridge shrinkage it implies), so no caller
+looks at its type. A user's own distribution is any object with the
+`NoiseDistribution` members; `Custom` wraps a plain sampling function.
 """
 
 from __future__ import annotations
@@ -31,6 +33,21 @@ class NoiseDistribution(Protocol):
     @property
     def sigma_max(self) -> float:
         """Largest σ the distribution draws (sets the per-variance plot range)."""
+        ...
+
+    @property
+    def second_moment(self) -> float | None:
+        """E[σ²] (sets the best single GD step and the ridge penalty of the GD++ bound);
+        None where unknown."""
+        ...
+
+    def intervals(self) -> tuple[tuple[float, float], ...]:
+        """p(σ) as equally likely intervals [lo, hi], σ uniform inside one (a point is
+        lo = hi): how training draws σ as data, without compiling per distribution."""
+        ...
+
+    def shrinkage(self, mu: Array) -> Array:
+        """E_σ[σ²/(μ + σ²)] for eigenvalues μ of XᵀX (0 where μ = σ = 0)."""
         ...
 
     def sample(self, key: Array, batch: int, dtype=jnp.float32) -> Array:
@@ -75,8 +92,14 @@ class Fixed:
 
     @property
     def second_moment(self) -> float:
-        """E[σ²]."""
         return self.sigma**2
+
+    def intervals(self) -> tuple[tuple[float, float], ...]:
+        return ((self.sigma, self.sigma),)
+
+    def shrinkage(self, mu: Array) -> Array:
+        s2 = self.sigma**2
+        return s2 / (mu + s2) if s2 > 0 else jnp.zeros_like(mu)
 
     def sample(self, key: Array, batch: int, dtype=jnp.float32) -> Array:
         del key
@@ -99,6 +122,17 @@ class Uniform:
     @property
     def second_moment(self) -> float:
         return self.sigma_max**2 / 3
+
+    def intervals(self) -> tuple[tuple[float, float], ...]:
+        return ((0.0, self.sigma_max),)
+
+    def shrinkage(self, mu: Array) -> Array:
+        a = self.sigma_max
+        if a == 0:
+            return jnp.zeros_like(mu)
+        # (1/a) ∫_0^a σ²/(μ + σ²) dσ = 1 − (√μ/a) arctan(a/√μ), → 1 as μ → 0
+        r = jnp.sqrt(jnp.maximum(mu, 0.0))
+        return jnp.where(r > 0, 1 - r / a * jnp.arctan(a / jnp.where(r > 0, r, 1.0)), 1.0)
 
     def sample(self, key: Array, batch: int, dtype=jnp.float32) -> Array:
         return jax.random.uniform(key, (batch,), dtype, 0.0, self.sigma_max)
@@ -134,6 +168,12 @@ class Categorical:
     def second_moment(self) -> float:
         return sum(v * v for v in self.values) / len(self.values)
 
+    def intervals(self) -> tuple[tuple[float, float], ...]:
+        return tuple((v, v) for v in self.values)
+
+    def shrinkage(self, mu: Array) -> Array:
+        return sum(Fixed(v).shrinkage(mu) for v in self.values) / len(self.values)
+
     def sample(self, key: Array, batch: int, dtype=jnp.float32) -> Array:
         table = jnp.asarray(self.values, dtype)
         return table[jax.random.randint(key, (batch,), 0, len(self.values))]
@@ -144,12 +184,16 @@ class Custom:
     """A user's distribution from a sampling function.
 
     `sampler(key, batch, dtype)` must return `batch` non-negative values; it runs
-    inside jit, so it cannot be checked there — `sample` trusts it.
+    inside jit, so it cannot be checked there — `sample` trusts it. Evaluation and
+    profiles need only the sampler and `sigma_max`; what a sampler cannot say
+    (training intervals, the closed-form shrinkage) raises a ValueError that names
+    the distribution.
     """
 
     sampler: Callable[[Array, int, object], Array]
     name: str
     sigma_max: float
+    second_moment: float | None = None  # E[σ²], where known
 
     def __post_init__(self):
         if not callable(self.sampler):
@@ -157,10 +201,19 @@ class Custom:
         if not self.name or any(c in self.name for c in ": ,"):
             raise ValueError(f"Custom noise name must be non-empty without ':', ',' or spaces, got {self.name!r}")
         object.__setattr__(self, "sigma_max", _check_sigma(self.sigma_max, "sigma_max"))
+        if self.second_moment is not None:
+            object.__setattr__(self, "second_moment", _check_sigma(self.second_moment, "second_moment"))
 
     @property
     def spec(self) -> str:
         return f"custom:{self.name}"
+
+    def intervals(self) -> tuple[tuple[float, float], ...]:
+        raise ValueError(f"training draws σ from fixed, uniform or categorical noise, not {self.spec!r}")
+
+    def shrinkage(self, mu: Array) -> Array:
+        raise ValueError(f"the GD++ bound needs the noise in closed form (fixed, uniform, categorical), "
+                         f"not {self.spec!r}")
 
     def sample(self, key: Array, batch: int, dtype=jnp.float32) -> Array:
         return jnp.asarray(self.sampler(key, batch, dtype), dtype).reshape(batch)

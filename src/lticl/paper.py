@@ -27,12 +27,6 @@ def paper_settings() -> tuple[str, ...]:
     return _table()[0]
 
 
-def paper_table1() -> dict[tuple[str, int | None], dict[str, float]]:
-    """{(model, layers): {setting: adjusted loss}}; layers is None for baselines.
-    Models: gdpp, diag, full, constrr, adarr, tunedrr."""
-    return {k: dict(v) for k, v in _table()[1].items()}
-
-
 def paper_value(model: str, setting: str, layers: int | None = None) -> float | None:
     """The paper's number for one cell, or None where the paper has none."""
     return _table()[1].get((model, layers), {}).get(setting)

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -26,19 +24,21 @@ from typing import Callable
 import jax
 import numpy as np
 
-from .io import save_npz
+from .io import atomic_write, save_npz
 from .metrics import Evaluation
 from .model import Params, check_params
 from .provenance import environment
-from .train import TAIL, TrainConfig, TrainResult, TrainState, init_state, select_best, train_group
+from .config import TrainConfig
+from .engine import TrainState, init_state
+from .selection import select_best, tail_limit
+from .train import TrainResult, train_group
 
 CHECKPOINT, CONFIG, METRICS, MODEL, SEEDS = "checkpoint.npz", "config.json", "metrics.json", "model.npz", "seeds.npz"
 
 
 def config_hash(config: TrainConfig) -> str:
-    """12 hex digits of SHA-256 over the config's canonical JSON. Without importance
-    sampling (wide_fraction 0) its two fields, added later, are left out: they change
-    nothing then, and runs stored before them keep their names."""
+    """12 hex digits of SHA-256 over the config's canonical JSON. While importance
+    sampling is off (wide_fraction 0) its two fields change nothing, and are left out."""
     fields = config.to_dict()
     if fields["wide_fraction"] == 0:
         del fields["wide_fraction"], fields["wide_scale"]
@@ -52,21 +52,9 @@ def run_name(config: TrainConfig) -> str:
     return f"{config.variant}-L{config.layers}-H{config.heads}-{slug}-{config_hash(config)}"
 
 
-def _atomic(path: Path, write: Callable) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _write_json(path: Path, data) -> None:
-    _atomic(path, lambda f: f.write(json.dumps(data, indent=2).encode()))
+def write_json(path: Path, data) -> None:
+    """`data` as JSON, written atomically."""
+    atomic_write(path, lambda f: f.write(json.dumps(data, indent=2).encode()))
 
 
 def _leaves(state: TrainState) -> list[np.ndarray]:
@@ -76,7 +64,7 @@ def _leaves(state: TrainState) -> list[np.ndarray]:
 
 def save_checkpoint(path: Path, config: TrainConfig, state: TrainState, losses: np.ndarray) -> None:
     arrays = {f"leaf{i}": a for i, a in enumerate(_leaves(state))}
-    _atomic(Path(path), lambda f: np.savez(f, config_hash=np.asarray(config_hash(config)), losses=losses, **arrays))
+    atomic_write(Path(path), lambda f: np.savez(f, config_hash=np.asarray(config_hash(config)), losses=losses, **arrays))
 
 
 def load_checkpoint(path: Path, config: TrainConfig) -> tuple[TrainState, np.ndarray]:
@@ -103,7 +91,7 @@ def load_checkpoint(path: Path, config: TrainConfig) -> tuple[TrainState, np.nda
 
 def save_seeds(path: Path, params: Params) -> None:
     """Every seed's parameters, stacked on a leading axis, in the library's own layout."""
-    _atomic(Path(path), lambda f: np.savez(f, variant=np.asarray(params.variant), d=np.asarray(params.d),
+    atomic_write(Path(path), lambda f: np.savez(f, variant=np.asarray(params.variant), d=np.asarray(params.d),
                                             p=np.asarray(params.p), q=np.asarray(params.q)))
 
 
@@ -142,7 +130,7 @@ def combine_runs(runs: list[dict], d: int) -> dict:
         return runs[0]
     chosen = lambda field: [Evaluation(**m[field][m["seed"]]) for m in runs]
     try:
-        best = select_best(chosen("validation"), [not m["usable"] for m in runs], chosen("tail"), TAIL * d / 2)
+        best = select_best(chosen("validation"), [not m["usable"] for m in runs], chosen("tail"), tail_limit(d))
     except RuntimeError:  # no run has a usable seed
         best = 0
     joined = {field: [x for m in runs for x in m[field]]
@@ -172,7 +160,7 @@ def _prepare(config: TrainConfig, directory: Path, resume: bool):
         if not resume:
             raise ValueError(f"{directory} holds an unfinished run; pass --resume to continue it")
         start = load_checkpoint(directory / CHECKPOINT, config)
-    _write_json(recorded, {"config": config.to_dict(), "hash": config_hash(config), "environment": environment()})
+    write_json(recorded, {"config": config.to_dict(), "hash": config_hash(config), "environment": environment()})
     return None, start
 
 
@@ -203,7 +191,7 @@ def run_group(runs: list[tuple[TrainConfig, Path]], resume: bool = True,
             save_npz(result.params, directory / MODEL)
             save_seeds(directory / SEEDS, result.all_params)
             metrics = metrics_of(result, seconds)
-            _write_json(directory / METRICS, metrics)
+            write_json(directory / METRICS, metrics)
             prepared[i] = (metrics, None)
     return [metrics for metrics, _ in prepared]
 

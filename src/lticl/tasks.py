@@ -1,4 +1,4 @@
-"""In-context linear regression sequences (SPEC §1).
+"""In-context linear regression sequences (docs/math.md §1).
 
     w ~ N(0, I_d),  x_i ~ N(0, I_d),  y_i = <w, x_i> + ξ_i,  ξ_i ~ N(0, σ_τ²),
     x_query ~ N(0, I_d),  y_query = <w, x_query>   (noise-free target)
@@ -144,12 +144,11 @@ def task_chunks(
 
 @jax.jit
 def tail_score(tasks: Tasks) -> Array:
-    """mean(y²) · λ_max(XᵀX/n) per sequence (B,): large where trained models blow up.
+    """mean(y²) · λ_max(XᵀX/n) per sequence (B,): large where trained models blow up
+    (the sequences that break them have both large; docs/training.md).
 
-    The sequences on which laptop-budget models had losses of 10³–10²⁰ were all
-    among the top 0.01% of mean(y²) with λ_max above its 99th percentile
-    (docs/training.md). λ_max is the Rayleigh quotient of G²⁵⁶·1 (eight squarings, far
-    cheaper than eigvalsh on a CPU): a score, not an eigenvalue to many digits."""
+    λ_max is the Rayleigh quotient of G²⁵⁶·1 (eight squarings, far cheaper than
+    eigvalsh on a CPU): a score, not an eigenvalue to many digits."""
     g = jnp.einsum("bni,bnj->bij", tasks.x, tasks.x) / tasks.n
     power = g
     for _ in range(8):

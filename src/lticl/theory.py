@@ -1,4 +1,4 @@
-"""Closed-form facts about linear transformers (SPEC §5, §8)."""
+"""Closed-form facts about linear transformers, and the paper's theorems made executable (docs/math.md §5, §8)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .model import Params, check_params, gd_init, implicit_state, init_params, preconditioner_gammas, weights
-from .noise import Categorical, Fixed, Uniform, as_noise
+from .model import OMEGA_NAMES, Params, check_params, gd_init, implicit_state, init_params, preconditioner_gammas, weights
+from .noise import Fixed, as_noise
 from .tasks import positive_int, sample_tasks
 
 
@@ -39,13 +39,21 @@ def best_one_layer_loss(n: int, d: int, sigma2_mean: float = 0.0) -> float:
 
 
 
-# --------------------------------------------------------------------------- SPEC §8, executable
+# --------------------------------------------------------------------------- the theorems, executable
+
+# What each check's table shows (`lticl theory NAME`).
+TITLES = {
+    "thm42": "Thm 4.2: |cos| between layer outputs y^l and (x_i(1)²)_i on noiseless data (bound: best any X c can do)",
+    "thm51": "Thm 5.1: layers of GD++ (preconditioning, then one GD step) to relative error ε, against GD's steps",
+    "thm52": "Thm 5.2: 2-layer model for σ ∈ {σ1, σ2}, x ~ N(0, I/n): mean ‖w² − w_ridge‖²/‖w_ridge‖²",
+    "sec53": "§5.3: ω_xy layer then GD layer = GD step −ω_yx(1 + ω_xy λ), λ = ρ + w_olsᵀΣw_ols; noise part −ω_yx(1 + ω_xy ρ)",
+    "gdpp_bound": "GD++ is linear in y: no GD++ model beats ridge at E[σ²] (bound, adjusted loss) against the paper's best GD++",
+}
 #
 # Each function below builds the objects a theorem speaks about, runs them through
 # the library's own model in float64, and returns table rows (dicts): `lticl theory`
 # prints them and the tests assert the theorems' claims on them.
 
-OMEGA_KEYS = ("omega_xx", "omega_xy", "omega_yx", "omega_yy")
 
 
 def diag_model(d: int, layers: list[dict]) -> Params:
@@ -56,10 +64,10 @@ def diag_model(d: int, layers: list[dict]) -> Params:
     d = positive_int(d, "d")
     p, q = [], []
     for om in layers:
-        unknown = set(om) - set(OMEGA_KEYS)
+        unknown = set(om) - set(OMEGA_NAMES)
         if unknown:
-            raise ValueError(f"unknown ω name(s) {sorted(unknown)}; expected some of {', '.join(OMEGA_KEYS)}")
-        xx, xy, yx, yy = (float(om.get(k, 0.0)) for k in OMEGA_KEYS)
+            raise ValueError(f"unknown ω name(s) {sorted(unknown)}; expected some of {', '.join(OMEGA_NAMES)}")
+        xx, xy, yx, yy = (float(om.get(k, 0.0)) for k in OMEGA_NAMES)
         if (xx or xy) and (yx or yy):
             raise ValueError(f"one head cannot hold both an x-row and a y-row ω: {om}")
         p.append([1.0, 0.0] if (xx or xy) else [0.0, 1.0])
@@ -304,24 +312,6 @@ def ridge_map(x, penalty: float):
     return jnp.linalg.solve(jnp.einsum("bnd,bne->bde", x, x) + penalty * eye, jnp.swapaxes(x, -1, -2))
 
 
-def _shrinkage(mu, noise):
-    """E_σ[σ²/(μ + σ²)] over the noise distribution, in closed form (0 where μ = σ = 0)."""
-    noise = as_noise(noise)
-    if isinstance(noise, Fixed):
-        s2 = noise.sigma**2
-        return s2 / (mu + s2) if s2 > 0 else jnp.zeros_like(mu)
-    if isinstance(noise, Categorical):
-        return sum(_shrinkage(mu, Fixed(v)) for v in noise.values) / len(noise.values)
-    if isinstance(noise, Uniform):
-        a = noise.sigma_max
-        if a == 0:
-            return jnp.zeros_like(mu)
-        # (1/a) ∫_0^a σ²/(μ + σ²) dσ = 1 − (√μ/a) arctan(a/√μ), → 1 as μ → 0
-        r = jnp.sqrt(jnp.maximum(mu, 0.0))
-        return jnp.where(r > 0, 1 - r / a * jnp.arctan(a / jnp.where(r > 0, r, 1.0)), 1.0)
-    raise ValueError(f"the bound needs the noise in closed form (fixed, uniform, categorical), not {noise.spec!r}")
-
-
 def linear_bound(noise, n: int = 20, d: int = 10, sequences: int = 20_000, seed: int = 0) -> tuple[float, float]:
     """(mean, standard error): the adjusted loss of ridge with penalty E[σ²], the
     least adjusted loss of any model linear in the context's y (GD++ at any depth):
@@ -329,12 +319,12 @@ def linear_bound(noise, n: int = 20, d: int = 10, sequences: int = 20_000, seed:
     XᵀX. Exact in w, ε, σ and the query; Monte Carlo over X only."""
     noise = as_noise(noise)
     n, d, sequences = (positive_int(v, name) for v, name in ((n, "n"), (d, "d"), (sequences, "sequences")))
-    _shrinkage(jnp.ones(1), noise)  # raises for noise without a closed form, before any work
+    noise.shrinkage(jnp.ones(1))  # raises for noise without a closed form, before any work
     s2 = noise.second_moment
     with jax.enable_x64(True):
         x = jax.random.normal(jax.random.key(seed), (sequences, n, d), jnp.float64)
         mu = jnp.linalg.eigvalsh(jnp.einsum("bnd,bne->bde", x, x))
-        adjusted = 0.5 * jnp.sum(_shrinkage(mu, Fixed(math.sqrt(s2))) - _shrinkage(mu, noise), -1)
+        adjusted = 0.5 * jnp.sum(Fixed(math.sqrt(s2)).shrinkage(mu) - noise.shrinkage(mu), -1)
         return float(jnp.mean(adjusted)), float(jnp.std(adjusted) / math.sqrt(sequences))
 
 

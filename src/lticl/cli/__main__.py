@@ -1,0 +1,3 @@
+from lticl.cli import main
+
+main()

@@ -1,0 +1,147 @@
+"""`lticl inspect`, `lticl compare` and `lticl theory`: look inside a model, use it as
+a solver, check the paper's theorems."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import numpy as np
+import typer
+from rich.markup import escape
+
+from ..paper import PAPER_N
+from ..theory import TITLES
+from . import Format, FormatOption, choices, app, err, fail, stdout
+
+ModelArgument = Annotated[Path, typer.Argument(help="A model.npz (as written by lticl train).")]
+Theorem = choices("Theorem", TITLES)
+
+
+def _label(path: Path) -> str:
+    """A short name for a model file in titles: its run directory and file name."""
+    return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
+
+
+def load_model(path: Path):
+    from ..io import load_npz
+
+    try:
+        return load_npz(path)
+    except FileNotFoundError:
+        fail(f"{path}: no such model file")
+    except ValueError as e:
+        fail(str(e))
+
+
+def _write(out: Path, record, md: str | None, name: str) -> list[str]:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(record, indent=2))
+    if md is None:
+        return [f"{name}.json"]
+    (out / f"{name}.md").write_text(md)
+    return [f"{name}.json", f"{name}.md"]
+
+
+@app.command()
+def inspect(
+    model: ModelArgument,
+    noise: Annotated[str, typer.Option(help="Noise setting of the per-layer profile, e.g. uniform:5.")] = "uniform:5",
+    sequences: Annotated[int, typer.Option(min=2, help="Fresh sequences for the per-layer profile.")] = 10_000,
+    n: Annotated[int, typer.Option("--n", min=1, help="Context points per sequence.")] = PAPER_N,
+    seed: Annotated[int, typer.Option(help="Seed of the profile's sequences.")] = 0,
+    rank_tol: Annotated[float, typer.Option(min=0.0, help="FULL: remainder singular values above this × ‖M‖₂ count in its rank.")] = 0.1,
+    format: FormatOption = Format.table,
+    out: Annotated[Optional[Path], typer.Option(help="Also write inspect.json, heatmaps.{png,pdf} and, for DIAG/GD++, momentum.{png,pdf} here.")] = None,
+) -> None:
+    """ω per layer, how diagonal a FULL model is, and the adjusted loss after each layer."""
+    import jax
+
+    from ..inspection import heatmap_figure, inspect_model, momentum_figure, momentum_profile
+    from ..noise import as_noise
+    from ..plotting import save
+    from ..report import rich_table
+
+    params = load_model(model)
+    try:
+        ins = inspect_model(params, noise, sequences, n, jax.random.key(seed), rank_tol)
+    except ValueError as e:
+        fail(str(e))
+    record = ins.to_dict()
+    if format is Format.json:
+        print(json.dumps(record, indent=2))
+    else:
+        what = "of the nearest DIAG model" if ins.P is not None else "summed over heads"
+        stdout().print(rich_table(ins.rows(), f"{model}: {ins.variant.upper()}, {ins.layers} layers, {ins.heads} head(s); "
+                                              f"ω {what}; adjusted loss of <w^l, x> on {ins.noise} ({ins.sequences} sequences)"))
+    if out is not None:
+        written = _write(out, record, None, "inspect")
+        written += [p.name for p in save(heatmap_figure(params, f"{_label(model)}: Q^l (top) and P^l (bottom)"), out, "heatmaps")]
+        if params.variant != "full":
+            top = float(np.ceil(as_noise(ins.noise).sigma_max)) + 2
+            prof = momentum_profile(params, np.linspace(0, top, 9), 2000, n, jax.random.key(seed))
+            fig = momentum_figure(prof, f"{_label(model)}: the momentum view (Lemma 4.4) against σ")
+            written += [p.name for p in save(fig, out, "momentum")]
+        err.print(escape(f"wrote {', '.join(written)} to {out}"))
+
+
+@app.command()
+def compare(
+    model: ModelArgument,
+    noise: Annotated[str, typer.Option(help="The noise the model was trained on (tunes TUNEDRR and GD, sets the held-out σ).")] = "uniform:5",
+    problems: Annotated[int, typer.Option(min=2, help="Problems per held-out set.")] = 2000,
+    trained_n: Annotated[int, typer.Option(min=1, help="The n the model was trained on (for the rescaled variant).")] = PAPER_N,
+    seed: Annotated[int, typer.Option(help="Seed of the held-out problems.")] = 2,
+    format: FormatOption = Format.table,
+    out: Annotated[Optional[Path], typer.Option(help="Also write compare.json and compare.md here.")] = None,
+) -> None:
+    """The model's learned algorithm as a solver, against OLS, ADARR, TUNEDRR and GD on held-out problems."""
+    from ..algorithm import algorithm, baseline_solvers, compare as run_compare, default_problem_sets
+    from ..report import markdown, rich_table
+
+    params = load_model(model)
+    try:
+        solvers = {"model": algorithm(params), "model, G·n₀/n": algorithm(params, trained_n),
+                   **baseline_solvers(noise, params.layers, trained_n, params.d)}
+        rows = run_compare(solvers, default_problem_sets(noise, params.d, problems, seed))
+    except ValueError as e:
+        fail(str(e))
+    title = (f"{model}: mean loss on held-out problems (synthetic: ½‖ŵ − w‖²; diabetes: ½ mean squared error on "
+             f"the points left out, standardised target); n₀ = {trained_n}")
+    columns = ["problems", *solvers, "model median", "oracle"]  # the median shows when a mean is a tail
+    if format is Format.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        stdout().print(rich_table(rows, title, columns))
+    if out is not None:
+        written = _write(out, rows, markdown(rows, title, columns), "compare")
+        err.print(escape(f"wrote {' and '.join(written)} to {out}"))
+
+
+@app.command()
+def theory(
+    theorem: Annotated[Theorem, typer.Argument(help="thm42, thm51, thm52, sec53 (docs/math.md §8) or gdpp_bound.")],
+    model: Annotated[Optional[list[Path]], typer.Option(help="thm42: model.npz file(s) to check besides the random ones.")] = None,
+    format: FormatOption = Format.table,
+) -> None:
+    """Check one of the paper's theorems, or the GD++ bound, numerically (float64) and print the table."""
+    from .. import theory as th
+    from ..report import rich_table
+
+    kwargs = {}
+    if model:
+        if theorem.value != "thm42":
+            raise typer.BadParameter("--model applies to thm42 only", param_hint="--model")
+        kwargs["models"] = {**th.default_thm42_models(), **{str(p): load_model(p) for p in model}}
+    started = time.perf_counter()
+    try:
+        rows = getattr(th, theorem.value)(**kwargs)
+    except ValueError as e:
+        fail(str(e))
+    if format is Format.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        stdout().print(rich_table(rows, TITLES[theorem.value]))
+        err.print(f"{time.perf_counter() - started:.1f} s")

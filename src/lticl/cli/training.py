@@ -1,0 +1,215 @@
+"""`lticl baselines`, `lticl train` and `lticl reproduce`."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import Progress
+
+from ..experiments import LABEL
+from ..paper import PAPER_D, PAPER_N
+from . import (D_OPTION, N_OPTION, Budget, BudgetOption, Executor, Format, FormatOption, Target, Variant, app, err,
+               fail, progress_bar, stdout)
+
+
+# ---------------------------------------------------------------------- baselines
+
+
+def _noise_specs(values: list[str] | None) -> list[str]:
+    from ..noise import parse_noise
+    from ..paper import paper_settings
+
+    try:
+        return [parse_noise(v).spec for v in values] if values else list(paper_settings())
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--noise") from None
+
+
+def _baseline_rows(results: dict, methods: list[str], paper: bool) -> list[dict]:
+    from ..paper import paper_value
+
+    rows = []
+    for spec, r in results.items():
+        ev = r["evaluation"]
+        row = {"setting": spec, "oracle loss": f"{ev['oracle_loss'].mean:.4f}"}
+        for m in methods:
+            row[LABEL[m]] = f"{ev[m].mean:.4f} ± {ev[m].sem:.4f}"
+            if paper:
+                row[f"{LABEL[m]} paper"] = paper_value(m, spec)
+        rows.append(row)
+    return rows
+
+
+@app.command()
+def baselines(
+    sequences: Annotated[int, typer.Option(min=1, help="Evaluation sequences per setting.")] = 100_000,
+    tune_sequences: Annotated[int, typer.Option(
+        min=1, help="Tuning sequences per setting (drawn apart from evaluation).")] = 20_000,
+    seed: Annotated[int, typer.Option(help="Seed of every data stream.")] = 0,
+    noise: Annotated[Optional[list[str]], typer.Option(
+        help="Noise setting(s), e.g. uniform:5; default: the paper's ten.")] = None,
+    method: Annotated[Optional[list[str]], typer.Option(
+        help="Baseline(s): constrr, adarr, tunedrr, ols, adarr_iterative; default: the first three.")] = None,
+    n: N_OPTION = PAPER_N,
+    d: D_OPTION = PAPER_D,
+    format: FormatOption = Format.table,
+    out: Annotated[Optional[Path], typer.Option(help="Also write baselines.json and baselines.md here.")] = None,
+) -> None:
+    """Tune and evaluate the ridge baselines on the paper's noise settings, next to Table 1."""
+    from .. import baselines as bl
+    from ..metrics import evaluate_baselines
+    from ..provenance import environment
+    from ..report import markdown, rich_table
+
+    settings = _noise_specs(noise)
+    methods = method or ["constrr", "adarr", "tunedrr"]
+    unknown = sorted(set(methods) - set(bl.BASELINES))
+    if unknown:
+        raise typer.BadParameter(f"unknown baseline(s) {', '.join(unknown)}; choose from {', '.join(bl.BASELINES)}",
+                                 param_hint="--method")
+    started = time.perf_counter()
+    try:
+        with Progress(console=err, transient=True, disable=format is Format.json) as progress:
+            bar = progress.add_task("baselines", total=len(settings))
+            results = evaluate_baselines(methods, settings, seed, sequences, tune_sequences, n, d,
+                                         lambda s: progress.update(bar, description=f"{s:<18}", advance=1))
+    except ValueError as e:
+        fail(str(e))
+    seconds = time.perf_counter() - started
+    summary = {m: {spec: r["evaluation"][m].mean for spec, r in results.items()} for m in [*methods, "oracle_loss"]}
+    title = "Adjusted evaluation loss (mean ± s.e.) of each baseline; the oracle column is its unadjusted loss"
+    rows = _baseline_rows(results, methods, (n, d) == (PAPER_N, PAPER_D))
+    if format is Format.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        stdout().print(rich_table(rows, title))
+        stdout().print(f"{sequences} evaluation and {tune_sequences} tuning sequences per setting, seed {seed}, "
+                       f"n = {n}, d = {d}; {seconds:.1f} s")
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        record = {
+            "config": {"sequences": sequences, "tune_sequences": tune_sequences, "seed": seed, "n": n, "d": d,
+                       "settings": settings, "methods": methods},
+            "environment": environment(),
+            "seconds": seconds,
+            "adjusted_loss": summary,
+            "details": {spec: {"evaluation": {m: e.to_dict() for m, e in r["evaluation"].items()},
+                               "tuned": r["tuned"]} for spec, r in results.items()},
+        }
+        (out / "baselines.json").write_text(json.dumps(record, indent=2))
+        (out / "baselines.md").write_text(markdown(rows, title + "."))
+        err.print(escape(f"wrote {out / 'baselines.json'} and {out / 'baselines.md'}"))
+
+
+# ---------------------------------------------------------------------- train and reproduce
+
+
+def _best_loss(losses) -> str:
+    finite = np.asarray(losses)[np.isfinite(losses)]
+    return f"{finite.min():.4f}" if finite.size else "failed step"
+
+
+def _report_run(config, metrics: dict, out: Path) -> None:
+    from ..metrics import Evaluation
+    from ..selection import heavy_tailed
+
+    ev = metrics["evaluation"]
+    if not metrics.get("usable", True):
+        err.print(f"[bold red]warning:[/] no seed trained to a usable model (every seed failed or has non-finite "
+                  f"validation losses); the numbers below are the least broken seed's. See {escape(str(out))}/metrics.json.")
+    tail = Evaluation(**metrics["tail"][metrics["seed"]])
+    if heavy_tailed(tail, config.d):
+        err.print(f"[bold yellow]warning:[/] heavy tail: among {config.tail_sequences:,} fresh sequences one has "
+                  f"adjusted loss {tail.worst:.3g}, so a mean over that many would not hold; more --seeds may "
+                  f"find a tame one.")
+    Console().print(escape(f"adjusted loss {ev['mean']:.4f} ± {ev['sem']:.4f} (worst sequence {ev['worst']:.3g}, "
+                           f"{ev['nonfinite']} non-finite; worst of {config.tail_sequences:,} {tail.worst:.3g}) "
+                           f"from seed {metrics['seed']}; recoveries {metrics['recoveries']}; "
+                           f"wrote {out}/model.npz, metrics.json, config.json"))
+
+
+@app.command()
+def train(
+    variant: Annotated[Variant, typer.Option(help="Parameterisation (docs/math.md §3).")],
+    layers: Annotated[int, typer.Option(min=1, help="Number of layers L.")],
+    out: Annotated[Path, typer.Option(help="Run directory: model.npz, metrics.json, config.json, checkpoint.npz.")],
+    budget: BudgetOption = Budget.laptop,
+    heads: Annotated[int, typer.Option(min=1, help="Heads per layer.")] = 1,
+    noise: Annotated[str, typer.Option(help="Training noise, e.g. uniform:5, categorical:1,3.")] = "uniform:5",
+    seeds: Annotated[Optional[int], typer.Option(min=1, help="Seeds trained in parallel; the best on validation data is kept. [budget]")] = None,
+    seed: Annotated[int, typer.Option(help="Base seed of initialisation and data.")] = 0,
+    steps: Annotated[Optional[int], typer.Option(min=1, help="[budget]")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (warmup, then cosine decay). [budget]")] = None,
+    batch: Annotated[Optional[int], typer.Option(min=1, help="Sequences per step. [budget]")] = None,
+    objective: Annotated[Optional[str], typer.Option(help="query_averaged (exact) or sampled_query (the paper's). [budget]")] = None,
+    init: Annotated[Optional[str], typer.Option(help="gd, precondition (preconditioning layers, then the big GD step) or random. [budget]")] = None,
+    n: N_OPTION = PAPER_N,
+    d: D_OPTION = PAPER_D,
+    sequences: Annotated[Optional[int], typer.Option(min=1, help="Evaluation sequences for the reported loss. [budget]")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the checkpoint in --out (or reuse its finished result).")] = False,
+) -> None:
+    """Train a linear transformer and evaluate the best seed on fresh sequences."""
+    from ..experiments import budget_config
+    from ..runs import run
+
+    try:
+        config = budget_config(budget.value, variant.value, layers, noise, heads=heads, d=d, n=n, steps=steps,
+                               batch=batch, lr=lr, objective=objective, init=init, seed=seed, seeds=seeds,
+                               evaluation_sequences=sequences)
+    except ValueError as e:
+        fail(str(e))
+    with progress_bar() as progress:
+        task = progress.add_task(f"{config.variant}-{config.layers} {config.noise}", total=config.steps, loss="–")
+        try:
+            metrics = run(config, out, resume,
+                          lambda done, losses: progress.update(task, completed=done, loss=_best_loss(losses)))
+        except ValueError as e:
+            fail(str(e))
+        progress.update(task, completed=config.steps, visible=False)
+    _report_run(config, metrics, out)
+
+
+@app.command()
+def reproduce(
+    target: Annotated[Target, typer.Argument(help="What to write: table1, fig1 … fig7, or all.")],
+    out: Annotated[Path, typer.Option(help="Output directory (runs are kept in OUT/runs and reused).")],
+    budget: BudgetOption = Budget.laptop,
+    seed: Annotated[int, typer.Option(help="Base seed of every run.")] = 0,
+    seeds: Annotated[Optional[int], typer.Option(min=1, help="Seeds per model. [budget]")] = None,
+    steps: Annotated[Optional[int], typer.Option(min=1, help="Training steps per model. [budget]")] = None,
+    batch: Annotated[Optional[int], typer.Option(min=1, help="Sequences per training step. [budget]")] = None,
+    executor: Annotated[Executor, typer.Option(
+        help="local: groups one after another here; ray: each group a Ray task (needs the ray extra of lticl)."
+    )] = Executor.local,
+) -> None:
+    """Reproduce the paper's Table 1 and Figures 1–7 next to the paper's numbers."""
+    from ..reproduce import Reproduction, reproduce as run_target
+
+    started = time.perf_counter()
+    with progress_bar(loss=False) as progress:
+        bars = {}
+
+        def report(label, done, total):
+            if label not in bars:
+                bars[label] = progress.add_task(escape(label), total=total)
+            progress.update(bars[label], completed=done)
+
+        try:
+            rep = Reproduction(out, budget.value, seed=seed, progress=report,
+                               executor=executor.value, seeds=seeds, steps=steps, batch=batch)
+            written = run_target(target.value, rep)
+        except ValueError as e:
+            fail(str(e))
+    Console().print(escape(f"wrote {', '.join(p.name for p in written)} to {out} in {time.perf_counter() - started:.0f} s"))
+    table = out / "table1.md"
+    if target.value in ("table1", "all") and table.exists():
+        Console().print(table.read_text().splitlines()[2])
+
+

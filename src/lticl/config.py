@@ -1,0 +1,106 @@
+"""TrainConfig: everything that defines one training run, checked on construction.
+
+Fields marked DATA are data of the training state, not of the compiled step
+(the noise setting, the seeds, the start, the importance sampling, the sizes of
+the held-out sets): configs that differ only in them share `config.program` and
+train side by side in one vmapped call. A field is part of the program unless
+its definition says otherwise, so a new field can only split groups, never mix
+two programs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+from functools import cached_property
+
+from .engine import noise_atoms
+from .model import canonical_variant
+from .noise import as_noise
+from .paper import PAPER_D, PAPER_N
+from .tasks import positive_int
+
+OBJECTIVES = ("query_averaged", "sampled_query")
+INITS = ("gd", "precondition", "random")
+
+
+def _data(default):
+    return field(default=default, metadata={"data": True})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    variant: str
+    layers: int
+    noise: str = _data("uniform:5")
+    heads: int = 1
+    d: int = PAPER_D
+    n: int = PAPER_N
+    steps: int = 2000
+    batch: int = 2048
+    lr: float = 3e-3  # peak of warmup + cosine decay
+    warmup: int = 100
+    final_lr_fraction: float = 0.01
+    clip: float = 1.0  # global gradient norm
+    # "gd": GD layers plus noise (model.gd_init); "precondition": preconditioning
+    # layers, then the big GD step (model.precondition_init); "random": N(0, init_scale²)
+    init: str = _data("gd")
+    # Small, so that no initial model overflows float32 on rare large sequences
+    # (an overflow there fails every batch that holds one).
+    init_scale: float = _data(1e-3)
+    objective: str = "query_averaged"
+    # Importance sampling of training batches: this fraction of each batch draws
+    # w ~ N(0, wide_scale²·I), and the loss is reweighted to stay unbiased
+    # (tasks.mixture_tasks).
+    wide_fraction: float = _data(0.0)
+    wide_scale: float = _data(2.0)
+    seed: int = _data(0)
+    seeds: int = _data(1)  # trained in parallel; the best on validation data is kept
+    # Seeds first_seed … first_seed+seeds−1: a later run of new seeds for a trained
+    # config (its seeds 0 … first_seed−1), with the same data, validation and tail sets.
+    first_seed: int = _data(0)
+    chunk: int = 100  # steps per compiled call (and per checkpoint and progress report)
+    lr_backoff: float = 0.5
+    # A batch loss above explode × d/2 (d/2: the loss of predicting 0) is a failed step.
+    # Kept high: skipping finite spikes stops a deep model from learning away from a
+    # heavy tail (docs/training.md).
+    explode: float = 1e8
+    patience: int = 10  # failed steps in a row that count as divergence
+    max_recoveries: int = 20  # a seed rolled back this often has failed
+    validation_sequences: int = _data(20_000)
+    evaluation_sequences: int = _data(100_000)
+    # Seeds are also checked on the sequences most likely to blow a model up among
+    # this many fresh ones (selection.tail_set): a tail that a mean over the
+    # validation set hides shows there, as it would on this many evaluation sequences.
+    tail_sequences: int = _data(1_000_000)
+
+    def __post_init__(self):
+        object.__setattr__(self, "variant", canonical_variant(self.variant))
+        object.__setattr__(self, "noise", as_noise(self.noise).spec)
+        noise_atoms(self.noise)  # raises for noise that training cannot draw
+        for name in ("layers", "heads", "d", "n", "steps", "batch", "seeds", "chunk", "patience", "max_recoveries",
+                     "validation_sequences", "evaluation_sequences", "tail_sequences"):
+            object.__setattr__(self, name, positive_int(getattr(self, name), name))
+        object.__setattr__(self, "first_seed", positive_int(self.first_seed, "first_seed", minimum=0))
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {self.objective!r}; expected one of {', '.join(OBJECTIVES)}")
+        if self.init not in INITS:
+            raise ValueError(f"unknown init {self.init!r}; expected one of {', '.join(INITS)}")
+        for name in ("lr", "clip", "explode"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not 0 <= self.wide_fraction < 1 or not self.wide_scale >= 1:
+            raise ValueError(f"wide_fraction must be in [0, 1) and wide_scale >= 1, got {self.wide_fraction} "
+                             f"and {self.wide_scale}")
+        if not 0 < self.lr_backoff < 1:
+            raise ValueError(f"lr_backoff must be in (0, 1), got {self.lr_backoff}")
+        if self.warmup < 0 or not 0 <= self.final_lr_fraction <= 1:
+            raise ValueError("warmup must be >= 0 and final_lr_fraction in [0, 1]")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @cached_property
+    def program(self) -> "TrainConfig":
+        """What the compiled training step depends on: this config with every DATA
+        field at its default, so that configs differing only there share one program."""
+        return replace(self, **{f.name: f.default for f in fields(self) if f.metadata.get("data")})

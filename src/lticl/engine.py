@@ -1,0 +1,185 @@
+"""The training step engine: optax, many steps per compiled call, models in parallel.
+
+    state = init_state(config)                        # K seeds stacked on a leading axis
+    state, losses = run_steps(config, state, steps)   # lax.scan inside, vmap over models
+
+The default objective is the exact query-averaged loss ½‖w^L − w‖² (docs/math.md §5);
+the paper's sampled-query loss ½(ŷ − y_query)² is an option.
+
+Never diverging silently, per model inside the vmapped batch:
+- a step whose loss or gradient is non-finite, whose loss exceeds `explode` × d/2, or
+  whose new parameters are non-finite is skipped (counted): with heavy-tailed data
+  one sequence can make a whole batch non-finite, and the next batch is fine;
+- `patience` failed steps in a row mean divergence: that model goes back to its last
+  good state (the last parameters whose batch loss passed the check) with its
+  learning rate scaled by `lr_backoff`, and the recovery is counted;
+- a seed with `max_recoveries` recoveries has failed and is never selected.
+The data stream goes on, so a model does not meet the same batch again.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import TYPE_CHECKING, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import Array
+
+from .metrics import sequence_loss
+from .model import Params, gd_init, init_params, precondition_init, predict, weights
+from .noise import as_noise
+from .tasks import data_key, mixture_tasks, sigma_key
+from .theory import best_one_step_size
+
+if TYPE_CHECKING:
+    from .config import TrainConfig
+
+MAX_ATOMS = 8
+
+
+def noise_atoms(noise) -> tuple[np.ndarray, int]:
+    """A training noise setting as data: its `intervals` as rows [lo, hi] of a
+    (MAX_ATOMS, 2) array (padded with the last row) and how many rows are used."""
+    noise = as_noise(noise)
+    rows = list(noise.intervals())
+    if len(rows) > MAX_ATOMS:
+        raise ValueError(f"training draws σ from at most {MAX_ATOMS} intervals or values, not {noise.spec!r}")
+    atoms = np.array(rows + [rows[-1]] * (MAX_ATOMS - len(rows)), np.float32)
+    return atoms, len(rows)
+
+
+def _draw_sigma(key: Array, atoms: Array, count: Array, batch: int) -> Array:
+    k_atom, k_u = jax.random.split(key)
+    i = jnp.minimum((jax.random.uniform(k_atom, (batch,)) * count).astype(jnp.int32), count - 1)
+    lo, hi = atoms[i, 0], atoms[i, 1]
+    return lo + (hi - lo) * jax.random.uniform(k_u, (batch,))
+
+
+class TrainState(NamedTuple):
+    """One model's state; under `init_state` every leaf has a leading seed axis."""
+
+    params: Params
+    opt_state: optax.OptState
+    step: Array  # int: steps taken (the data stream's position)
+    lr_scale: Array  # multiplies the schedule; lowered at each recovery
+    recoveries: Array  # int: rollbacks to the good state
+    skipped: Array  # int: failed steps not taken
+    streak: Array  # int: failed steps in a row
+    key: Array  # the seed's training data stream
+    atoms: Array  # the training noise setting (noise_atoms), (MAX_ATOMS, 2)
+    count: Array  # int: how many rows of atoms are used
+    wide: Array  # (wide_fraction, wide_scale): importance sampling of w (tasks.mixture_tasks)
+    good_params: Params  # the last parameters whose batch loss passed the check
+    good_opt_state: optax.OptState
+
+
+def concat(trees):
+    """Pytrees (states, Params) joined along their leading model axis."""
+    return jax.tree.map(lambda *a: jnp.concatenate(a), *trees)
+
+
+def optimizer(config: TrainConfig) -> optax.GradientTransformation:
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, config.lr, min(config.warmup, config.steps - 1), config.steps, config.lr * config.final_lr_fraction
+    )
+    return optax.chain(optax.clip_by_global_norm(config.clip), optax.adam(schedule))
+
+
+def initial_params(config: TrainConfig, key: Array) -> Params:
+    """One model's start, as config.init says."""
+    if config.init == "random":
+        return init_params(key, config.variant, config.layers, config.d, config.heads, config.init_scale)
+    eta = best_one_step_size(config.n, config.d, as_noise(config.noise).second_moment)
+    if config.init == "precondition":
+        return precondition_init(key, config.variant, config.layers, config.d, config.n, config.heads, eta,
+                                 scale=config.init_scale)
+    return gd_init(key, config.variant, config.layers, config.d, config.heads, eta, config.init_scale)
+
+
+def init_state(config: TrainConfig) -> TrainState:
+    """K = config.seeds fresh states stacked on a leading axis; seed k (first_seed …
+    first_seed+K−1) uses fold_in(key(seed), k) for its initialisation and its own
+    data stream."""
+    opt = optimizer(config)
+    train_key = data_key(config.seed, config.noise, "train")
+    atoms, count = noise_atoms(config.noise)
+
+    def one(k):
+        params = initial_params(config, jax.random.fold_in(jax.random.key(config.seed), k))
+        zero, opt_state = jnp.zeros((), jnp.int32), opt.init(params)
+        return TrainState(params, opt_state, zero, jnp.ones(()), zero, zero, zero,
+                          jax.random.fold_in(train_key, k), jnp.asarray(atoms), jnp.asarray(count, jnp.int32),
+                          jnp.asarray([config.wide_fraction, config.wide_scale], jnp.float32), params, opt_state)
+
+    return jax.vmap(one)(jnp.arange(config.first_seed, config.first_seed + config.seeds))
+
+
+def objective(config: TrainConfig) -> Callable[[Params, Array, Array, Array, Array], Array]:
+    """(params, key, atoms, count, wide) -> mean loss on one freshly drawn batch,
+    importance-weighted where wide = (fraction, scale) has fraction > 0."""
+
+    def loss(params: Params, key: Array, atoms: Array, count: Array, wide: Array) -> Array:
+        sigma = _draw_sigma(sigma_key(key), atoms, count, config.batch)
+        t, weight = mixture_tasks(key, sigma, config.n, config.d, wide[0], wide[1])
+        if config.objective == "query_averaged":
+            return jnp.mean(weight * sequence_loss(weights(params, t.x, t.y), t.w))
+        return 0.5 * jnp.mean(weight * (predict(params, t.x, t.y, t.x_query) - t.y_query) ** 2)
+
+    return loss
+
+
+def _finite(tree) -> Array:
+    return jnp.all(jnp.array([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
+
+
+def run_steps(config: TrainConfig, state: TrainState, steps: int) -> tuple[TrainState, Array]:
+    """`steps` steps for every model on the leading axis (seeds, and configs sharing
+    config.program) in one compiled call: (new state, losses (K, steps)), the loss
+    nan where a step failed."""
+    return _run_steps(config.program, state, steps)
+
+
+@partial(jax.jit, static_argnames=("config", "steps"))
+def _run_steps(config: TrainConfig, state: TrainState, steps: int) -> tuple[TrainState, Array]:
+    opt = optimizer(config)
+    loss_fn = objective(config)
+    where = lambda cond, a, b: jax.tree.map(lambda x, y: jnp.where(cond, x, y), a, b)
+
+    def step(s: TrainState, _):
+        loss, grads = jax.value_and_grad(loss_fn)(s.params, jax.random.fold_in(s.key, s.step), s.atoms, s.count,
+                                                  s.wide)
+        # The check is of the current parameters: passing it makes them the good state.
+        checked = jnp.isfinite(loss) & (loss < config.explode * config.d / 2) & _finite(grads)
+        good_params, good_opt = where(checked, (s.params, s.opt_state), (s.good_params, s.good_opt_state))
+        updates, opt_state = opt.update(grads, s.opt_state, s.params)
+        params = optax.apply_updates(s.params, jax.tree.map(lambda u: s.lr_scale * u, updates))
+        ok = checked & _finite(params)
+        streak = jnp.where(ok, 0, s.streak + 1)
+        rollback = streak >= config.patience
+        stay = where(rollback, (good_params, good_opt), (s.params, s.opt_state))
+        params, opt_state = where(ok, (params, opt_state), stay)
+        s = s._replace(
+            params=params,
+            opt_state=opt_state,
+            step=s.step + 1,
+            lr_scale=jnp.where(rollback, s.lr_scale * config.lr_backoff, s.lr_scale),
+            recoveries=s.recoveries + rollback.astype(jnp.int32),
+            skipped=s.skipped + (~ok).astype(jnp.int32),
+            streak=jnp.where(rollback, 0, streak),
+            good_params=good_params,
+            good_opt_state=good_opt,
+        )
+        return s, jnp.where(ok, loss, jnp.nan)
+
+    return jax.vmap(lambda s: jax.lax.scan(step, s, None, length=steps))(state)
+
+
+def final_params(state: TrainState) -> Params:
+    """Each model's parameters to keep: a model that ends inside a streak of failed
+    steps returns its last checked state."""
+    unchecked = np.asarray(state.streak) > 0
+    return jax.tree.map(lambda g, p: jnp.where(unchecked.reshape((-1,) + (1,) * (p.ndim - 1)), g, p),
+                        state.good_params, state.params)

@@ -1,0 +1,77 @@
+"""Which seed a run keeps, and the tail policy: validation, tail sets, heavy tails.
+
+A mean over validation sequences can hide a model that blows up on rare
+sequences. So each seed is also scored on its run's tail set, the TAIL_KEEP
+sequences most likely to blow a model up among `tail_sequences` fresh ones, and a
+seed whose worst sequence there (or on validation) exceeds TAIL × d/2 (100 times
+the loss of predicting 0) is heavy-tailed: selection prefers tame seeds, and the
+reproduction gives a heavy-tailed cell new seeds.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import jax
+import numpy as np
+from jax import Array
+
+from .metrics import Evaluation, oracle_loss, per_sequence, sequence_loss
+from .model import Params, weights
+from .tasks import Tasks, data_key, tail_tasks
+
+TAIL = 100.0
+TAIL_KEEP = 1024  # sequences in a tail set
+
+
+def tail_limit(d: int) -> float:
+    """The largest tame per-sequence adjusted loss: TAIL × d/2."""
+    return TAIL * d / 2
+
+
+def heavy_tailed(tail: Evaluation, d: int) -> bool:
+    return not tail.worst <= tail_limit(d)  # nan counts as a tail
+
+
+@lru_cache(maxsize=32)
+def tail_set(seed: int, noise: str, pool: int, n: int, d: int) -> Tasks:
+    """The tail set of a run (`tasks.tail_tasks` on its own stream), computed once
+    per process: every depth and variant of a noise setting shares it."""
+    return tail_tasks(data_key(seed, noise, "tail"), noise, pool, TAIL_KEEP, n, d)
+
+
+def select_best(validation: list[Evaluation], failed=None, tail: list[Evaluation] | None = None,
+                worst_limit: float = np.inf) -> int:
+    """The seed with the lowest validation mean among those that did not fail in
+    training and have no non-finite validation loss, preferring seeds whose worst
+    sequence, of validation and of `tail`, is at most `worst_limit` (a heavy tail
+    that a mean hides). Raises if no seed is usable."""
+    failed = np.zeros(len(validation), bool) if failed is None else np.asarray(failed)
+    usable = [i for i, v in enumerate(validation) if not failed[i] and v.nonfinite == 0 and np.isfinite(v.mean)]
+    if not usable:
+        raise RuntimeError("no seed is usable (each failed in training or has non-finite validation losses)")
+    tail = validation if tail is None else tail
+    tame = [i for i in usable if validation[i].worst <= worst_limit and tail[i].worst <= worst_limit]  # nan: not tame
+    return min(tame or usable, key=lambda i: validation[i].mean)
+
+
+@jax.jit
+def adjusted_losses(params: Params, tasks: Tasks) -> tuple[Array, Array]:
+    """Per-sequence adjusted loss (K, B) of K stacked models on the same sequences,
+    and the oracle's own loss (B,)."""
+    model = jax.vmap(lambda p: sequence_loss(weights(p, tasks.x, tasks.y), tasks.w))(params)
+    oracle = oracle_loss(tasks)
+    return model - oracle, oracle
+
+
+def evaluate_models(params: Params, key: Array, noise, sequences: int, n: int) -> tuple[list[Evaluation], Evaluation]:
+    """Adjusted loss of each of K models stacked on a leading axis, all on the same
+    fresh sequences, and the oracle's loss there; one compiled program per model shape."""
+    adjusted, oracle = per_sequence(lambda t: adjusted_losses(params, t), key, noise, sequences, n, params.d)
+    return [Evaluation.of(v) for v in adjusted], Evaluation.of(oracle)
+
+
+def tail_evaluations(params: Params, seed: int, noise: str, pool: int, n: int) -> list[Evaluation]:
+    """Adjusted loss of each of K stacked models on the tail set of (seed, noise, pool)."""
+    hardest = tail_set(seed, noise, pool, n, params.d)
+    return [Evaluation.of(v) for v in np.asarray(adjusted_losses(params, hardest)[0])]
