@@ -11,7 +11,7 @@ import pytest
 import lticl
 from conftest import N, assert_one_line_error, gd_like_params, run_cli
 from lticl import inspection
-from lticl.model import Params, truncate
+from lticl.params import Params, truncate
 from lticl.tasks import sample_tasks
 
 

@@ -5,7 +5,7 @@ import pytest
 from conftest import gd_like_params
 
 import lticl
-from lticl.model import full_matrices
+from lticl.params import full_matrices
 
 
 @pytest.mark.parametrize("variant", lticl.VARIANTS)

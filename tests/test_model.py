@@ -7,7 +7,8 @@ from hypothesis import strategies as st
 from conftest import D, N, gd_like_params
 
 import lticl
-from lticl.model import full_matrices, layer_mixes, gram
+from lticl.model import gram, layer_mixes
+from lticl.params import full_matrices
 
 CASES = [(v, L, H) for v in lticl.VARIANTS for L, H in [(1, 1), (2, 3), (4, 2), (7, 1), (7, 3)]]
 TOL = {jnp.float64: 1e-10, jnp.float32: 1e-4}

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 import lticl
 from conftest import assert_one_line_error, run_cli
 from lticl import baselines as bl
-from lticl import theory
+from lticl import theorems, theory
 from lticl.metrics import oracle_loss
 from lticl.tasks import stack_chunks
 from lticl.theory import best_one_step_size
@@ -54,19 +54,19 @@ def test_thm42_no_layer_output_aligns_with_a_quadratic_feature():
     column-space bound that Thm 4.2's argument gives."""
     trained = train(TrainConfig("full", 2, "uniform:1", batch=256, steps=100, chunk=50, seeds=1,
                                 validation_sequences=500, evaluation_sequences=500, tail_sequences=2000)).params
-    models = {**theory.default_thm42_models(), "trained FULL-2": trained}
-    rows = theory.thm42(models, sequences=8)
+    models = {**theorems.default_thm42_models(), "trained FULL-2": trained}
+    rows = theorems.thm42(models, sequences=8)
     assert {r["model"] for r in rows} == set(models)
     for r in rows:
         assert np.isfinite(r["max_abs_cos"]), r
         assert r["max_abs_cos"] <= 0.1, r
         assert r["max_abs_cos"] <= r["bound_max"] + 1e-9, r
     # the bound shrinks like 1/√n: at n = 50 it is far above 0.1, so n ≫ d matters
-    assert theory.thm42(models, n=50, sequences=8)[0]["bound_max"] > 0.2
+    assert theorems.thm42(models, n=50, sequences=8)[0]["bound_max"] > 0.2
 
 
 def test_thm51_layers_grow_like_log_kappa_plus_log_log_inverse_epsilon():
-    rows = theory.thm51()
+    rows = theorems.thm51()
     layers = {(r["kappa"], r["epsilon"]): r["layers"] for r in rows}
     kappas = sorted({k for k, _ in layers})
     epsilons = sorted({e for _, e in layers}, reverse=True)  # 1e-1, 1e-2, 1e-4, 1e-8: each the square of the last
@@ -87,7 +87,7 @@ def test_thm51_layers_grow_like_log_kappa_plus_log_log_inverse_epsilon():
 
 
 def test_thm52_two_layers_converge_to_ridge_for_both_noise_levels():
-    rows = theory.thm52(ns=(10, 100, 1000, 10_000), sequences=16)
+    rows = theorems.thm52(ns=(10, 100, 1000, 10_000), sequences=16)
     for sigma in (1.0, 3.0):
         err = [r["model_vs_ridge"] for r in rows if r["sigma"] == sigma]
         # squared relative error falls like 1/n: about 10× per decade
@@ -98,7 +98,7 @@ def test_thm52_two_layers_converge_to_ridge_for_both_noise_levels():
 
 
 def test_sec53_the_step_shrinks_with_noise():
-    rows = theory.sec53(sequences=2000)
+    rows = theorems.sec53(sequences=2000)
     for r in rows:
         assert r["identity_rel_error"] < 1e-10
     for key in ("step_exact", "step_noise_part"):
@@ -109,18 +109,18 @@ def test_sec53_the_step_shrinks_with_noise():
 
 def test_two_noise_omegas_solve_the_papers_equations():
     for n in (10, 1000):
-        w_yx, w_yy = theory.two_noise_omegas(1.0, 3.0, n)
+        w_yx, w_yy = theorems.two_noise_omegas(1.0, 3.0, n)
         for s in (1.0, 3.0):
             assert (1 + n * s**2 * w_yy) * -w_yx == pytest.approx(1 / (1 + s**2))
     with pytest.raises(ValueError, match="two different"):
-        theory.two_noise_omegas(2.0, 2.0, 10)
+        theorems.two_noise_omegas(2.0, 2.0, 10)
 
 
 def test_diag_model_rejects_what_one_head_cannot_hold():
     with pytest.raises(ValueError, match="one head cannot hold"):
-        theory.diag_model(3, [{"omega_xx": 1.0, "omega_yx": 1.0}])
+        theorems.diag_model(3, [{"omega_xx": 1.0, "omega_yx": 1.0}])
     with pytest.raises(ValueError, match="unknown"):
-        theory.diag_model(3, [{"omega_zz": 1.0}])
+        theorems.diag_model(3, [{"omega_zz": 1.0}])
 
 
 @settings(max_examples=15, deadline=None)
@@ -146,7 +146,7 @@ def test_gdpp_is_linear_in_y_and_never_beats_ridge_at_the_mean_noise(seed, layer
 def test_a_model_that_rescales_y_is_not_linear_in_y():
     """The contrast: with ω_yy ≠ 0 (DIAG) the map y ↦ w is not linear, so the bound does not bind."""
     with jax.enable_x64(True):
-        params = theory.diag_model(4, [{"omega_yy": 0.05}, {"omega_yx": -0.05}])
+        params = theorems.diag_model(4, [{"omega_yy": 0.05}, {"omega_yx": -0.05}])
         x = jax.random.normal(jax.random.key(0), (2, 12, 4), jnp.float64)
         y = jax.random.normal(jax.random.key(1), (2, 12), jnp.float64)
         assert not np.allclose(lticl.weights(params, x, 2 * y), 2 * lticl.weights(params, x, y), rtol=1e-3)
@@ -171,7 +171,7 @@ def test_linear_bound_is_the_adjusted_loss_of_ridge_at_the_mean_noise(noise):
 def test_the_papers_gdpp_at_uniform_5_is_below_the_bound():
     """Table 1 has GD++ at 0.344 for σ_max = 5 (L ≥ 3) beside CONSTRR at 0.365; no
     model linear in y can go below ridge at E[σ²] ≈ 0.361. At σ_max = 1 it is not."""
-    rows = {r["setting"]: r for r in theory.gdpp_bound(["uniform:1", "uniform:5"], sequences=5000)}
+    rows = {r["setting"]: r for r in theorems.gdpp_bound(["uniform:1", "uniform:5"], sequences=5000)}
     assert rows["uniform:5"]["paper_below_bound"] and not rows["uniform:1"]["paper_below_bound"]
     assert 0.355 < rows["uniform:5"]["bound"] < 0.365
 

@@ -12,7 +12,8 @@ from lticl.metrics import Evaluation, oracle_loss, sequence_loss
 from lticl.config import TrainConfig
 from lticl.devices import use_cpu_cores
 from lticl.engine import init_state, objective, run_steps
-from lticl.model import gd_init, weights
+from lticl.inits import gd_init
+from lticl.model import weights
 from lticl.selection import TAIL_KEEP, heavy_tailed, select_best
 from lticl.tasks import data_key, stack_chunks, tail_tasks, task_chunks
 from lticl.theory import best_one_step_size

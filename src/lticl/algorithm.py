@@ -21,7 +21,8 @@ from typing import Callable
 import numpy as np
 
 from .io import load_npz
-from .model import Params, check_params, full_matrices
+from .paper import PAPER_D, PAPER_N
+from .params import Params, check_params, full_matrices
 
 Solver = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
@@ -143,7 +144,7 @@ class _Scaled(ProblemSet):
         return super().losses(w_hat) / self.scale**2
 
 
-def baseline_solvers(noise, layers: int, n: int = 20, d: int = 10, tune_problems: int = 20_000, seed: int = 1) -> dict[str, Solver]:
+def baseline_solvers(noise, layers: int, n: int = PAPER_N, d: int = PAPER_D, tune_problems: int = 20_000, seed: int = 1) -> dict[str, Solver]:
     """OLS, ADARR, TUNEDRR (tuned on `noise`) and GD with `layers` steps (step size
     tuned on `noise`), all at the training size n, as NumPy-in, NumPy-out solvers."""
     import jax
@@ -196,7 +197,7 @@ def compare(solvers: dict[str, Solver], problem_sets: list[ProblemSet]) -> list[
     return rows
 
 
-def default_problem_sets(noise, d: int = 10, problems: int = 2000, seed: int = 2, with_data: bool = True) -> list[ProblemSet]:
+def default_problem_sets(noise, d: int = PAPER_D, problems: int = 2000, seed: int = 2, with_data: bool = True) -> list[ProblemSet]:
     """The held-out suite: the training distribution at n = 20 and at other n, fixed
     σ up to 3 beyond the training range, and the diabetes data (n = 20 and 40)."""
     from .noise import as_noise

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from functools import cached_property
 
 from .engine import noise_atoms
-from .model import canonical_variant
+from .params import canonical_variant
 from .noise import as_noise
 from .paper import PAPER_D, PAPER_N
 from .tasks import positive_int

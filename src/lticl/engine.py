@@ -29,7 +29,9 @@ import optax
 from jax import Array
 
 from .metrics import sequence_loss
-from .model import Params, gd_init, init_params, precondition_init, predict, weights
+from .inits import gd_init, init_params, precondition_init
+from .model import predict, weights
+from .params import Params
 from .noise import as_noise
 from .tasks import data_key, mixture_tasks, sigma_key
 from .theory import best_one_step_size

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .config import TrainConfig
-from .model import canonical_variant
+from .params import canonical_variant
 from .paper import paper_settings
 
 

@@ -18,10 +18,11 @@ from jax import Array
 
 from . import baselines
 from .metrics import Evaluation, per_layer_profile
-from .model import (OMEGA_NAMES, Params, check_batch, check_params, diag_matrix, full_matrices, gram, implicit_state, layer_grams,
-                    omegas)
-from .model import head_omegas as model_head_omegas
+from .model import check_batch, gram, implicit_state, layer_grams
+from .params import OMEGA_NAMES, Params, check_params, diag_matrix, full_matrices, omegas
+from .params import head_omegas as model_head_omegas
 from .noise import Fixed, as_noise
+from .paper import PAPER_N
 from .tasks import positive_int, sample_tasks
 
 
@@ -146,7 +147,7 @@ def inspect_model(
     params: Params,
     noise="uniform:5",
     sequences: int = 10_000,
-    n: int = 20,
+    n: int = PAPER_N,
     key: Array | None = None,
     rank_tol: float = 0.1,
     dtype=None,
@@ -237,7 +238,7 @@ def momentum_terms(params: Params, x: Array, y: Array) -> dict[str, Array]:
     return _momentum_terms(params, x, y)
 
 
-def momentum_profile(params: Params, sigmas, sequences: int = 2000, n: int = 20, key: Array | None = None,
+def momentum_profile(params: Params, sigmas, sequences: int = 2000, n: int = PAPER_N, key: Array | None = None,
                      dtype=None) -> dict[str, np.ndarray]:
     """Mean over `sequences` fresh sequences at each fixed σ of each of MOMENTUM_SUMMARIES:
     {name: (len(sigmas), L)}, plus 'sigma'. Sequences in `dtype` (default: the parameters')."""

@@ -17,7 +17,7 @@ from typing import Callable
 import jax.numpy as jnp
 import numpy as np
 
-from .model import Params, canonical_variant, check_params, full_matrices
+from .params import Params, canonical_variant, check_params, full_matrices
 
 # Relative tolerance for "this full matrix has the DIAG structure".
 _STRUCTURE_RTOL = 1e-6

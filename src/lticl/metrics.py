@@ -21,7 +21,8 @@ import numpy as np
 from jax import Array
 
 from . import baselines
-from .model import Params, implicit_state
+from .model import implicit_state
+from .params import Params
 from .noise import Fixed, NoiseDistribution
 from .tasks import Tasks, data_key, stack_chunks, task_chunks
 

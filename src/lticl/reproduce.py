@@ -24,7 +24,7 @@ from .engine import concat
 from .experiments import BASELINES, budget, budget_config
 from .io import load_npz
 from .metrics import Evaluation, evaluate, evaluate_baselines, layer_adjusted_losses, tune_baselines
-from .model import Params
+from .params import Params
 from .noise import Fixed
 from .paper import PAPER_D, PAPER_N
 from .runs import EXECUTORS, MODEL, SEEDS, combine_runs, load_seeds, run_groups, run_name, write_json

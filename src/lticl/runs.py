@@ -26,7 +26,7 @@ import numpy as np
 
 from .io import atomic_write, save_npz
 from .metrics import Evaluation
-from .model import Params, check_params
+from .params import Params, check_params
 from .provenance import environment
 from .config import TrainConfig
 from .engine import TrainState, init_state

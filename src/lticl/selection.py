@@ -17,7 +17,8 @@ import numpy as np
 from jax import Array
 
 from .metrics import Evaluation, oracle_loss, per_sequence, sequence_loss
-from .model import Params, weights
+from .model import weights
+from .params import Params
 from .tasks import Tasks, data_key, tail_tasks
 
 TAIL = 100.0

@@ -18,7 +18,7 @@ from .config import TrainConfig
 from .devices import gather, spread
 from .engine import TrainState, concat, final_params, init_state, run_steps
 from .metrics import Evaluation
-from .model import Params
+from .params import Params
 from .selection import evaluate_models, select_best, tail_evaluations, tail_limit
 from .tasks import data_key
 

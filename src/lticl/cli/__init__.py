@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ..experiments import BUDGETS, TARGET_NAMES
-from ..model import VARIANTS
+from ..params import VARIANTS
 from ..runs import EXECUTORS
 
 app = typer.Typer(

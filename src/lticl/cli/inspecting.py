@@ -13,7 +13,7 @@ import typer
 from rich.markup import escape
 
 from ..paper import PAPER_N
-from ..theory import TITLES
+from ..theorems import TITLES
 from . import Format, FormatOption, choices, app, err, fail, stdout
 
 ModelArgument = Annotated[Path, typer.Argument(help="A model.npz (as written by lticl train).")]
@@ -127,7 +127,7 @@ def theory(
     format: FormatOption = Format.table,
 ) -> None:
     """Check one of the paper's theorems, or the GD++ bound, numerically (float64) and print the table."""
-    from .. import theory as th
+    from .. import theorems as th
     from ..report import rich_table
 
     kwargs = {}
