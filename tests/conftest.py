@@ -27,6 +27,13 @@ def gd_like_params(key, variant, layers, d, heads, n, dtype=jnp.float64):
     return lticl.gd_init(key, variant, layers, d, heads, 1.0 / (n + d + 1), 0.05 / layers, dtype)
 
 
+def slow_unless(cases, fast):
+    """Parametrize cases, each marked slow unless it is one of `fast`: the fast subset
+    keeps a few representative cases, the full suite runs them all."""
+    return [pytest.param(*(c if isinstance(c, tuple) else (c,)), marks=() if c in fast else pytest.mark.slow)
+            for c in cases]
+
+
 @pytest.fixture
 def key():
     return jax.random.key(0)

@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 
 import lticl
-from conftest import N, gd_like_params, run_cli
+from conftest import N, gd_like_params, run_cli, slow_unless
 from lticl.algorithm import algorithm, diabetes_problems
 from lticl.tasks import sample_tasks
 
 
-@pytest.mark.parametrize("variant,heads", [("full", 1), ("full", 2), ("diag", 2), ("gdpp", 1)])
-@pytest.mark.parametrize("n", [N, 7, 60])
+@pytest.mark.parametrize("variant,heads,n", slow_unless(
+    [(v, h, n) for v, h in [("full", 1), ("full", 2), ("diag", 2), ("gdpp", 1)] for n in (N, 7, 60)],
+    {("diag", 2, 7), ("gdpp", 1, N)}))
 def test_solver_equals_the_model(key, variant, heads, n):
     """<solve(X, y), x_query> equals the token-form model's ŷ to 1e-6 (float64), at
     the trained n and at others."""
@@ -37,6 +38,7 @@ def test_solver_takes_one_problem_or_a_file(tmp_path, key):
         algorithm(params)(X[:, :3], y)
 
 
+@pytest.mark.slow
 def test_rescaled_gram_equals_the_model_on_rescaled_data(key):
     """algorithm(model, trained_n) on n points = the model on the data times √(trained_n/n)
     (the query unscaled): G scales by trained_n/n, and only G enters the layers."""
@@ -60,6 +62,7 @@ def test_diabetes_problems_hold_out_their_test_points():
     assert ps.losses(np.zeros((5, 10))).mean() == pytest.approx(0.5, rel=0.1)
 
 
+@pytest.mark.slow
 def test_compare_cli_runs_the_suite(tmp_path, key):
     params = lticl.gd_init(key, "diag", 3, 10, 1, 1 / 31, 0.0)
     path = lticl.save_npz(params, tmp_path / "model.npz")

@@ -67,6 +67,7 @@ def test_iterative_adarr_converges_to_adarr():
     assert errors[-1] < 1e-6
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sigma", [0.5, 1.0, 3.0])
 def test_oracle_is_never_beaten_on_average(sigma):
     """For a fixed σ, ridge with r = σ² is the posterior mean: no method's mean loss
@@ -81,6 +82,7 @@ def test_oracle_is_never_beaten_on_average(sigma):
         assert diff.mean() > -4 * diff.std() / np.sqrt(diff.size), name
 
 
+@pytest.mark.slow
 def test_constrr_penalty_is_the_noise_variance():
     for sigma in (0.5, 2.0):  # fixed σ: the oracle penalty exactly
         r = bl.tune_constrr(tasks(f"fixed:{sigma}", 50_000, seed=3))
@@ -91,6 +93,7 @@ def test_constrr_penalty_is_the_noise_variance():
     assert bl.tune_constrr(tasks("fixed:0", 5000)) < 1e-3
 
 
+@pytest.mark.slow
 def test_tuning_finds_the_minimum():
     """The tuned penalty beats its neighbours on the tuning set itself."""
     t = tasks("uniform:3", 20_000, seed=5)

@@ -4,11 +4,12 @@ import json
 
 import pytest
 
-from conftest import assert_one_line_error
+from conftest import assert_one_line_error, slow_unless
 from conftest import run_cli as lticl
 from lticl.paper import paper_settings, paper_value
 
 
+@pytest.mark.slow
 def test_baselines_match_the_paper_at_a_small_budget(tmp_path):
     r = lticl("baselines", "--sequences", "30000", "--tune-sequences", "30000", "--noise", "uniform:5",
               "--noise", "categorical:1,3", "--noise", "uniform:0", "--format", "json", "--out", str(tmp_path))
@@ -30,18 +31,18 @@ def test_baselines_match_the_paper_at_a_small_budget(tmp_path):
         assert summary["tunedrr"][s] < summary["adarr"][s] < summary["constrr"][s]
 
 
-@pytest.mark.parametrize(
-    "args,match",
-    [
-        (["--noise", "uniform:-1"], "sigma_max must be >= 0"),
-        (["--noise", "categorical:"], "empty set"),
-        (["--method", "lasso"], "unknown baseline"),
-        (["--sequences", "0"], "--sequences"),
-        (["--n", "5", "--noise", "uniform:1"], "needs n > d"),
-        (["--format", "xml"], "--format"),
-        (["--bogus"], "No such option"),
-    ],
-)
+BASELINE_ERRORS = [
+    (("--noise", "uniform:-1"), "sigma_max must be >= 0"),
+    (("--noise", "categorical:"), "empty set"),
+    (("--method", "lasso"), "unknown baseline"),
+    (("--sequences", "0"), "--sequences"),
+    (("--n", "5", "--noise", "uniform:1"), "needs n > d"),
+    (("--format", "xml"), "--format"),
+    (("--bogus",), "No such option"),
+]
+
+
+@pytest.mark.parametrize("args,match", slow_unless(BASELINE_ERRORS, {BASELINE_ERRORS[0], BASELINE_ERRORS[6]}))
 def test_bad_arguments_give_one_line_errors(args, match):
     r = lticl("baselines", "--sequences", "10", "--tune-sequences", "10", *args)
     assert_one_line_error(r, match)
@@ -61,6 +62,7 @@ def test_paper_table_file():
     assert paper_value("full", "uniform:5", layers=9) is None
 
 
+@pytest.mark.slow
 def test_train_writes_a_model_that_evaluates_independently(tmp_path):
     import functools
 
@@ -86,13 +88,16 @@ def test_train_writes_a_model_that_evaluates_independently(tmp_path):
     assert abs(fresh.mean - metrics["adjusted_loss"]) < 5 * (fresh.sem + same.sem)
 
 
-@pytest.mark.parametrize("args,match", [
-    (["--variant", "conv"], "--variant"),
-    (["--noise", "uniform:-1"], "sigma_max must be >= 0"),
-    (["--layers", "0"], "--layers"),
-    (["--objective", "mse"], "unknown objective"),
-    (["--init", "zeros"], "unknown init"),
-])
+TRAIN_ERRORS = [
+    (("--variant", "conv"), "--variant"),
+    (("--noise", "uniform:-1"), "sigma_max must be >= 0"),
+    (("--layers", "0"), "--layers"),
+    (("--objective", "mse"), "unknown objective"),
+    (("--init", "zeros"), "unknown init"),
+]
+
+
+@pytest.mark.parametrize("args,match", slow_unless(TRAIN_ERRORS, {TRAIN_ERRORS[3]}))
 def test_train_bad_arguments_give_one_line_errors(tmp_path, args, match):
     base = {"--variant": "diag", "--layers": "2", "--out": str(tmp_path)}
     for flag, value in zip(args[::2], args[1::2]):

@@ -2,14 +2,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import gd_like_params
+from conftest import gd_like_params, slow_unless
 
 import lticl
 from lticl.params import full_matrices
 
 
-@pytest.mark.parametrize("variant", lticl.VARIANTS)
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+@pytest.mark.parametrize("variant,dtype", slow_unless(
+    [(v, t) for v in lticl.VARIANTS for t in (jnp.float32, jnp.float64)],
+    {("full", jnp.float32), ("gdpp", jnp.float64)}))
 def test_round_trip(tmp_path, variant, dtype):
     params = gd_like_params(jax.random.key(0), variant, 3, 4, 2, 10, dtype)
     path = lticl.save_npz(params, tmp_path / "model.npz")

@@ -144,6 +144,7 @@ def test_smoke_gdpp_stalls_at_its_bound_while_diag_and_full_go_below(smoke):
         assert rows[(model, "7", "uniform:5")] < rows[(model, "3", "uniform:5")]
 
 
+@pytest.mark.slow
 def test_reproduce_bad_arguments_give_one_line_errors(tmp_path):
     for args, match in ((["table2"], "table2"), (["table1", "--budget", "huge"], "huge"),
                         (["table1", "--steps", "0"], "--steps")):

@@ -24,6 +24,7 @@ TINY = dict(d=3, n=8, batch=64, steps=40, chunk=10, seeds=2, validation_sequence
             tail_sequences=2000)
 
 
+@pytest.mark.slow
 def test_checkpoint_round_trip_is_exact(tmp_path):
     config = TrainConfig("diag", 2, "uniform:2", **TINY)
     state, losses = run_steps(config, init_state(config), 7)
@@ -48,6 +49,7 @@ def test_names_and_hashes_follow_the_config():
     assert config_hash(replace(wide, wide_scale=3.0)) != config_hash(wide)
 
 
+@pytest.mark.slow
 def test_run_refuses_to_mix_or_overwrite(tmp_path):
     config = TrainConfig("gdpp", 1, "uniform:1", **TINY)
     first = run(config, tmp_path, resume=False)

@@ -12,6 +12,7 @@ from lticl.tasks import (CHUNK, data_key, mixture_tasks, stack_chunks, tail_scor
                          tasks_given_sigma)
 
 
+@pytest.mark.slow
 @given(st.integers(1, 5), st.integers(1, 6), st.integers(1, 6))
 @settings(max_examples=20, deadline=None)
 def test_shapes_for_any_sizes(batch, n, d):
@@ -82,6 +83,7 @@ def test_tail_tasks_are_the_top_scores_of_the_pool():
     assert tail_tasks(key, "uniform:3", 30, 50, 20, 10).batch == 30  # never more than the pool
 
 
+@pytest.mark.slow
 def test_mixture_weights_give_unbiased_means_and_see_the_tail_more_often():
     key, batch, d = jax.random.key(4), 400_000, 10
     sigma = jnp.ones(batch, jnp.float64)

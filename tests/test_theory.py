@@ -23,6 +23,7 @@ def test_best_one_layer_loss_is_the_papers_number():
     assert round(lticl.best_one_layer_loss(20, 10), 3) == 1.774
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("noise", ["fixed:0", "uniform:3"])
 def test_best_one_layer_loss_by_monte_carlo(noise):
     """A 1-layer DIAG model with ω_yx = −η* and the tuned 1-step GD both reach the
@@ -48,6 +49,7 @@ def test_bad_arguments():
 # ------------------------------------------------------------------ the theorems, executable
 
 
+@pytest.mark.slow
 def test_thm42_no_layer_output_aligns_with_a_quadratic_feature():
     """Random models, a perturbed GD model and a trained one: on noiseless data with
     n = 5000 ≫ d = 10 every layer's |cos(y^l, x(1)²)| ≤ 0.1, and never above the
@@ -65,6 +67,7 @@ def test_thm42_no_layer_output_aligns_with_a_quadratic_feature():
     assert theorems.thm42(models, n=50, sequences=8)[0]["bound_max"] > 0.2
 
 
+@pytest.mark.slow
 def test_thm51_layers_grow_like_log_kappa_plus_log_log_inverse_epsilon():
     rows = theorems.thm51()
     layers = {(r["kappa"], r["epsilon"]): r["layers"] for r in rows}
@@ -86,6 +89,7 @@ def test_thm51_layers_grow_like_log_kappa_plus_log_log_inverse_epsilon():
     assert big["gd_steps"] > 1000 * big["layers"]
 
 
+@pytest.mark.slow
 def test_thm52_two_layers_converge_to_ridge_for_both_noise_levels():
     rows = theorems.thm52(ns=(10, 100, 1000, 10_000), sequences=16)
     for sigma in (1.0, 3.0):
@@ -97,6 +101,7 @@ def test_thm52_two_layers_converge_to_ridge_for_both_noise_levels():
     assert min(r["one_gd_step_vs_ridge"] for r in rows if r["sigma"] == 3.0) > 1
 
 
+@pytest.mark.slow
 def test_sec53_the_step_shrinks_with_noise():
     rows = theorems.sec53(sequences=2000)
     for r in rows:
@@ -123,6 +128,7 @@ def test_diag_model_rejects_what_one_head_cannot_hold():
         theorems.diag_model(3, [{"omega_zz": 1.0}])
 
 
+@pytest.mark.slow
 @settings(max_examples=15, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), layers=st.integers(1, 5), scale=st.sampled_from([0.05, 0.3]),
        noise=st.sampled_from(["uniform:5", "categorical:1,3", "fixed:2"]))
@@ -152,6 +158,7 @@ def test_a_model_that_rescales_y_is_not_linear_in_y():
         assert not np.allclose(lticl.weights(params, x, 2 * y), 2 * lticl.weights(params, x, y), rtol=1e-3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("noise", ["uniform:5", "categorical:1,3"])
 def test_linear_bound_is_the_adjusted_loss_of_ridge_at_the_mean_noise(noise):
     """The closed form in σ and w agrees with a plain Monte Carlo of ridge with
@@ -168,6 +175,7 @@ def test_linear_bound_is_the_adjusted_loss_of_ridge_at_the_mean_noise(noise):
         theory.linear_bound(lticl.Custom(lambda k, b, dt: jnp.ones(b, dt), "one", 1.0))
 
 
+@pytest.mark.slow
 def test_the_papers_gdpp_at_uniform_5_is_below_the_bound():
     """Table 1 has GD++ at 0.344 for σ_max = 5 (L ≥ 3) beside CONSTRR at 0.365; no
     model linear in y can go below ridge at E[σ²] ≈ 0.361. At σ_max = 1 it is not."""
@@ -176,6 +184,7 @@ def test_the_papers_gdpp_at_uniform_5_is_below_the_bound():
     assert 0.355 < rows["uniform:5"]["bound"] < 0.365
 
 
+@pytest.mark.slow
 def test_theory_cli(tmp_path):
     r = run_cli("theory", "sec53", "--format", "json")
     assert r.returncode == 0, r.stderr

@@ -28,6 +28,7 @@ def leaves_close(a, b, rtol=1e-5):
         np.testing.assert_allclose(np.asarray(x, np.float64), np.asarray(y, np.float64), rtol=rtol, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_chunking_does_not_change_training():
     """The data stream is indexed by step, so 2 calls of 3 steps = 1 call of 6."""
     config = TrainConfig("full", 2, "uniform:1", seeds=2, **TINY)
@@ -39,6 +40,7 @@ def test_chunking_does_not_change_training():
     assert int(a.step[0]) == 6 and losses_b.shape == (2, 6)
 
 
+@pytest.mark.slow
 def test_seeds_in_parallel_equal_seeds_alone():
     config = TrainConfig("diag", 2, "uniform:1", seeds=3, **TINY)
     together, _ = run_steps(config, init_state(config), 6)
@@ -49,6 +51,7 @@ def test_seeds_in_parallel_equal_seeds_alone():
     assert not np.allclose(together.params.p[0], together.params.p[2])
 
 
+@pytest.mark.slow
 def test_a_run_of_later_seeds_starts_as_those_seeds_of_a_larger_run():
     """first_seed = 2 gives seeds 2, 3: the same initial state and data stream, bit
     for bit, as seeds 2, 3 of one run of four; the program is shared."""
@@ -62,6 +65,7 @@ def test_a_run_of_later_seeds_starts_as_those_seeds_of_a_larger_run():
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("wide", [(0.0, 1.0), (0.5, 2.0)])
 def test_the_training_loss_estimates_the_expected_loss_with_or_without_importance_sampling(wide):
     """Batch losses of the one-step-optimal 1-layer model, plain or importance-
@@ -133,12 +137,14 @@ def test_training_beats_the_best_one_layer_model():
     assert result.losses.shape == (2, 300) and result.seed == int(np.argmin([v.mean for v in result.validation]))
 
 
+@pytest.mark.slow
 def test_sampled_query_objective_trains():
     config = TrainConfig("gdpp", 2, "fixed:0.5", objective="sampled_query", seeds=1, **TINY)
     result = train(config)
     assert np.isfinite(result.losses).all()
 
 
+@pytest.mark.slow
 def test_tail_set_finds_the_worst_sequence_of_an_unstable_model():
     """GD with a step too long for large λ_max blows up as (1 − ηλ)^L‖w‖: the tail
     set (top 1024 of 50k by mean(y²)·λ_max) holds the pool's worst sequence, and

@@ -37,16 +37,8 @@ def init_params(
     )
 
 
-def gd_init(
-    key: Array,
-    variant: str,
-    layers: int,
-    d: int,
-    heads: int = 1,
-    step_size: float = 0.03,
-    scale: float = 0.0,
-    dtype=jnp.float32,
-) -> Params:
+def gd_init(key: Array, variant: str, layers: int, d: int, heads: int = 1, step_size: float = 0.03,
+            scale: float = 0.0, dtype=jnp.float32) -> Params:
     """Every layer one GD step of size `step_size` (ω_yx = −step_size, split over the
     heads), every free entry perturbed by `scale`·√step_size N(0, 1). Stacked, the
     unperturbed layers run L steps of GD on the context, a stable start for any
@@ -59,18 +51,9 @@ def gd_init(
     return _layered_init(key, variant, d, heads, np.zeros_like(root), root, root, scale, dtype)
 
 
-def precondition_init(
-    key: Array,
-    variant: str,
-    layers: int,
-    d: int,
-    n: int,
-    heads: int = 1,
-    step_size: float = 0.03,
-    strength: float = 0.6,
-    scale: float = 0.0,
-    dtype=jnp.float32,
-) -> Params:
+def precondition_init(key: Array, variant: str, layers: int, d: int, n: int, heads: int = 1,
+                      step_size: float = 0.03, strength: float = 0.6, scale: float = 0.0,
+                      dtype=jnp.float32) -> Params:
     """Preconditioning first, the big GD step last (the shape of Thm 5.1's GD++).
 
     Layers 1..L−1 precondition, ω_xx = −γ_l with γ_l ν_l = `strength`, where ν_l
@@ -80,8 +63,7 @@ def precondition_init(
     `scale`·(factor) N(0, 1), as in `gd_init`.
 
     From GD's start (`gd_init`), training settles in worse local optima on
-    low-noise data; GD++-2 on noiseless data has three, adjusted loss 0.389
-    (reached from GD's start), 0.342 and 0.267 (docs/training.md)."""
+    low-noise data (docs/training.md)."""
     layers, n, d = (positive_int(v, k) for v, k in ((layers, "layers"), (n, "n"), (d, "d")))
     gammas, top = preconditioner_gammas((n**0.5 + d**0.5) ** 2, layers - 1, strength)
     gammas = jnp.asarray([*gammas, 0.0])
@@ -108,8 +90,8 @@ def preconditioner_gammas(nu: float, steps: int, strength: float = 1 / 3) -> tup
 def _layered_init(key, variant, d, heads, p_x, p_y, root, scale, dtype) -> Params:
     """Per layer ω_xx = −p_x·root, ω_yx = −p_y·root (q_x = −root, p split over the
     heads), every free entry perturbed by scale·root N(0, 1). Values are rounded
-    to `dtype` as given: `gd_init` passes float64 NumPy arrays, rounded once, as it
-    always did, so a key gives the start it gave before this helper existed."""
+    to `dtype` once, as given: `gd_init` passes float64 NumPy arrays (a test pins
+    that rounding, on which stored runs depend)."""
     base = init_params(key, variant, root.size, d, heads, scale=1.0, dtype=dtype)
     p_x, p_y, root, amp = (jnp.asarray(v[:, None], dtype) for v in (p_x, p_y, root, scale * root))  # (L, 1): any heads
     if base.variant == "full":

@@ -23,7 +23,7 @@ from jax import Array
 from . import baselines
 from .model import implicit_state
 from .params import Params
-from .noise import Fixed, NoiseDistribution
+from .noise import Fixed, NoiseLike
 from .tasks import Tasks, data_key, stack_chunks, task_chunks
 
 # (x (B,n,d), y (B,n)) -> ŵ (B,d); a model is functools.partial(lticl.weights, params).
@@ -90,15 +90,8 @@ def per_sequence(fn: Callable[[Tasks], object], key: Array, noise, sequences: in
     return jax.tree.map(lambda *parts: np.concatenate(parts, axis=-1), *chunks)
 
 
-def evaluate(
-    methods: dict[str, Method],
-    key: Array,
-    noise: NoiseDistribution | str | float,
-    sequences: int,
-    n: int,
-    d: int,
-    dtype=jnp.float32,
-) -> dict[str, Evaluation]:
+def evaluate(methods: dict[str, Method], key: Array, noise: NoiseLike, sequences: int, n: int, d: int,
+             dtype=jnp.float32) -> dict[str, Evaluation]:
     """Adjusted loss of each method on the same `sequences` fresh sequences, plus
     the unadjusted loss of the oracle under the key 'oracle_loss'.
 

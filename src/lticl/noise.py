@@ -15,7 +15,7 @@ looks at its type. A user's own distribution is any object with the
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Callable, Protocol, runtime_checkable
 
 import jax
@@ -55,6 +55,9 @@ class NoiseDistribution(Protocol):
         ...
 
 
+NoiseLike = NoiseDistribution | str | float  # what `as_noise` accepts
+
+
 def _check_sigma(value: float, what: str) -> float:
     try:
         v = float(value)
@@ -73,18 +76,33 @@ def _fmt(v: float) -> str:
     return s[:-2] if s.endswith(".0") else s
 
 
-@dataclass(frozen=True)
-class Fixed:
-    """σ_τ = sigma for every sequence."""
+class _Spec:
+    """`spec` = 'KIND:v1,v2,…' of the numbers that define the distribution."""
 
-    sigma: float
-
-    def __post_init__(self):
-        object.__setattr__(self, "sigma", _check_sigma(self.sigma, "fixed sigma"))
+    KIND = ""
 
     @property
     def spec(self) -> str:
-        return f"fixed:{_fmt(self.sigma)}"
+        return f"{self.KIND}:" + ",".join(_fmt(v) for v in self.spec_values())
+
+
+class _OneNumber(_Spec):
+    """A distribution set by one σ-valued number, its first field."""
+
+    def __post_init__(self):
+        name = fields(self)[0].name
+        object.__setattr__(self, name, _check_sigma(getattr(self, name), f"{self.KIND} {name}"))
+
+    def spec_values(self) -> tuple[float, ...]:
+        return (getattr(self, fields(self)[0].name),)
+
+
+@dataclass(frozen=True)
+class Fixed(_OneNumber):
+    """σ_τ = sigma for every sequence."""
+
+    KIND = "fixed"
+    sigma: float
 
     @property
     def sigma_max(self) -> float:
@@ -107,24 +125,18 @@ class Fixed:
 
 
 @dataclass(frozen=True)
-class Uniform:
+class Uniform(_OneNumber):
     """σ_τ ~ U(0, sigma_max)."""
 
+    KIND = "uniform"
     sigma_max: float
 
-    def __post_init__(self):
-        object.__setattr__(self, "sigma_max", _check_sigma(self.sigma_max, "sigma_max"))
-
-    @property
-    def spec(self) -> str:
-        return f"uniform:{_fmt(self.sigma_max)}"
+    def intervals(self) -> tuple[tuple[float, float], ...]:
+        return ((0.0, self.sigma_max),)
 
     @property
     def second_moment(self) -> float:
         return self.sigma_max**2 / 3
-
-    def intervals(self) -> tuple[tuple[float, float], ...]:
-        return ((0.0, self.sigma_max),)
 
     def shrinkage(self, mu: Array) -> Array:
         a = self.sigma_max
@@ -139,9 +151,10 @@ class Uniform:
 
 
 @dataclass(frozen=True)
-class Categorical:
+class Categorical(_Spec):
     """σ_τ uniform over a finite set of values (stored sorted, without repeats)."""
 
+    KIND = "categorical"
     values: tuple[float, ...]
 
     def __post_init__(self):
@@ -156,9 +169,8 @@ class Categorical:
             raise ValueError(f"categorical values must be distinct (it is a set), got {vals}")
         object.__setattr__(self, "values", tuple(sorted(vals)))
 
-    @property
-    def spec(self) -> str:
-        return "categorical:" + ",".join(_fmt(v) for v in self.values)
+    def spec_values(self) -> tuple[float, ...]:
+        return self.values
 
     @property
     def sigma_max(self) -> float:

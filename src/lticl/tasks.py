@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-from .noise import NoiseDistribution, as_noise
+from .noise import NoiseLike, as_noise
 
 # Long evaluations are drawn in chunks of this many sequences, chunk c from
 # fold_in(key, c), so the first N sequences of a stream are the same whatever
@@ -111,14 +111,7 @@ def mixture_tasks(key, sigma, n: int, d: int, fraction, scale) -> tuple[Tasks, A
     return t, jnp.exp(-jnp.logaddexp(jnp.log1p(-alpha), jnp.log(alpha) + log_ratio))
 
 
-def sample_tasks(
-    key: Array,
-    noise: NoiseDistribution | str | float,
-    batch: int,
-    n: int,
-    d: int,
-    dtype=jnp.float32,
-) -> Tasks:
+def sample_tasks(key: Array, noise: NoiseLike, batch: int, n: int, d: int, dtype=jnp.float32) -> Tasks:
     """Draw `batch` sequences; `noise` is a distribution, spec string or fixed σ."""
     noise = as_noise(noise)
     batch, n, d = (positive_int(v, name) for v, name in ((batch, "batch"), (n, "n"), (d, "d")))
@@ -126,14 +119,7 @@ def sample_tasks(
     return tasks_given_sigma(key, sigma, n, d)
 
 
-def task_chunks(
-    key: Array,
-    noise: NoiseDistribution | str | float,
-    sequences: int,
-    n: int,
-    d: int,
-    dtype=jnp.float32,
-) -> Iterator[Tasks]:
+def task_chunks(key: Array, noise: NoiseLike, sequences: int, n: int, d: int, dtype=jnp.float32) -> Iterator[Tasks]:
     """`sequences` sequences in chunks of at most CHUNK, prefix-stable in `sequences`."""
     sequences = positive_int(sequences, "sequences")
     for c, start in enumerate(range(0, sequences, CHUNK)):
@@ -159,15 +145,7 @@ def tail_score(tasks: Tasks) -> Array:
     return jnp.mean(tasks.y**2, axis=1) * jnp.einsum("bi,bij,bj->b", v, g, v)
 
 
-def tail_tasks(
-    key: Array,
-    noise: NoiseDistribution | str | float,
-    pool: int,
-    keep: int,
-    n: int,
-    d: int,
-    dtype=jnp.float32,
-) -> Tasks:
+def tail_tasks(key: Array, noise: NoiseLike, pool: int, keep: int, n: int, d: int, dtype=jnp.float32) -> Tasks:
     """The `keep` sequences with the largest `tail_score` among `pool` fresh ones
     (in descending score). A model's worst loss on them stands in for its worst
     loss on all `pool` sequences, at the cost of evaluating `keep`."""
@@ -189,7 +167,7 @@ def stack_chunks(chunks: Iterator[Tasks]) -> Tasks:
 _PURPOSES = ("train", "tune", "validation", "evaluation", "tail")  # appended only: indices are keys
 
 
-def data_key(seed: int, noise: NoiseDistribution | str | float, purpose: str) -> Array:
+def data_key(seed: int, noise: NoiseLike, purpose: str) -> Array:
     """The key of one data stream: a run's seed, its noise setting and what the data
     is for. Streams for different purposes never overlap, so tuning or model
     selection never sees evaluation sequences, and adding a setting to a sweep
