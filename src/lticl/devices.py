@@ -1,20 +1,30 @@
-"""Where models train: the local devices, and a group of models spread over them."""
+"""Where models train: the backend and its devices, how many models one compiled
+call may hold, and a group of models spread over the devices."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+if TYPE_CHECKING:
+    from .config import TrainConfig
+
+# Share of a device's memory that the models of one compiled call may take.
+MEMORY_SHARE = 0.5
+
 
 def use_cpu_cores(count: int | None = None) -> int:
     """Expose `count` (default: every core) CPU devices to JAX, so that the models
-    of a group train on all cores at once (see `spread`). It has to run before JAX's
-    first operation; after that it changes nothing. Returns the number of local
-    devices.
+    of a group train on all cores at once (see `spread`). It configures the CPU
+    backend only: where JAX computes on a GPU, the GPU's devices are the local ones.
+    It has to run before JAX's first operation; after that it changes nothing.
+    Returns the number of local devices.
 
     It also lets a spread group wait an hour, not XLA's default, for a core that is
     late at a collective: on a machine busy with other work the default aborts the
@@ -47,3 +57,51 @@ def gather(tree, k: int):
     model, and XLA's CPU collectives (which a spread evaluation would need) can
     deadlock."""
     return jax.device_put(jax.tree.map(lambda a: a[:k], tree), jax.local_devices()[0])
+
+
+def describe() -> str:
+    """The backend JAX computes on and its devices, e.g. 'gpu: 1 × NVIDIA H200'."""
+    devices = jax.local_devices()
+    kinds = sorted({d.device_kind for d in devices})
+    return f"{jax.default_backend()}: {len(devices)} × {', '.join(kinds)}"
+
+
+def cpu_fallback_warning() -> str | None:
+    """A warning when a CUDA plugin of JAX is installed but JAX computes on the CPU
+    (no GPU found, or the plugin failed to load): never train on the CPU silently."""
+    installed = any(importlib.util.find_spec(m) is not None for m in ("jax_cuda12_plugin", "jax_cuda13_plugin"))
+    if installed and jax.default_backend() == "cpu":
+        return "JAX's CUDA plugin is installed but JAX found no GPU: training runs on the CPU"
+    return None
+
+
+def device_memory() -> int | None:
+    """Bytes of memory of the first local device, where the backend reports it (GPUs
+    do; the CPU does not, and its memory bounds nothing a group of the grid needs)."""
+    stats = jax.local_devices()[0].memory_stats()
+    return int(stats["bytes_limit"]) if stats and "bytes_limit" in stats else None
+
+
+def model_bytes(config: TrainConfig) -> int:
+    """A generous estimate of one model's device memory in a training step, float32:
+    its batch of sequences and, per layer, the (D, D) matrices the backward pass keeps."""
+    D = config.d + 1
+    return 4 * config.batch * (config.n * D + config.layers * 8 * D * D)
+
+
+def plan_calls(configs: list[TrainConfig], memory: int | None) -> list[list[int]]:
+    """Configs of one program split into compiled calls whose models (the seeds of
+    their configs) fit in MEMORY_SHARE of `memory` bytes (None: no limit), in order;
+    a config too large alone gets a call of its own."""
+    if memory is None:
+        return [list(range(len(configs)))] if configs else []
+    calls, models, room = [], 0, MEMORY_SHARE * memory
+    for i, c in enumerate(configs):
+        need = c.seeds * model_bytes(c)
+        if calls and models + need <= room:
+            calls[-1].append(i)
+            models += need
+        else:
+            calls.append([i])
+            models = need
+    return calls

@@ -20,6 +20,7 @@ import jax
 import numpy as np
 
 from .config import TrainConfig
+from .devices import device_memory, plan_calls
 from .engine import concat
 from .experiments import BASELINES, budget, budget_config
 from .io import load_npz
@@ -73,15 +74,18 @@ class Reproduction:
         return not m["usable"] or any(heavy_tailed(Evaluation(**m[s][m["seed"]]), d) for s in ("validation", "tail"))
 
     def _train(self, runs: list[tuple[tuple, TrainConfig]], note: str = "") -> None:
-        groups = defaultdict(list)
+        programs = defaultdict(list)
         for key, config in runs:
-            groups[config.program].append((key, config))
-        jobs = [[(c, self.directory(c)) for _, c in members] for members in groups.values()]
+            programs[config.program].append((key, config))
+        memory = device_memory()
+        groups = [[members[i] for i in call] for members in programs.values()
+                  for call in plan_calls([c for _, c in members], memory)]
+        jobs = [[(c, self.directory(c)) for _, c in members] for members in groups]
         labels = [f"[{i + 1}/{len(jobs)}] {job[0][0].variant}-{job[0][0].layers} × {len(job)} settings{note}"
                   for i, job in enumerate(jobs)]
         results = run_groups(jobs, self.resume, self.executor,
                              lambda i, done, total: self.progress(labels[i], done, total))
-        for members, metrics in zip(groups.values(), results):
+        for members, metrics in zip(groups, results):
             for (key, config), m in zip(members, metrics):
                 self.runs.setdefault(key, []).append((config, m))
                 self.metrics[key] = combine_runs([m for _, m in self.runs[key]], config.d)

@@ -111,6 +111,16 @@ def baselines(
 # ---------------------------------------------------------------------- train and reproduce
 
 
+def announce_backend() -> None:
+    """Say on stderr what JAX computes on, and warn where it fell back to the CPU."""
+    from ..devices import cpu_fallback_warning, describe
+
+    err.print(escape(f"computing on {describe()}"), highlight=False)
+    warning = cpu_fallback_warning()
+    if warning:
+        err.print(f"[bold yellow]warning:[/] {escape(warning)}")
+
+
 def _best_loss(losses) -> str:
     finite = np.asarray(losses)[np.isfinite(losses)]
     return f"{finite.min():.4f}" if finite.size else "failed step"
@@ -165,6 +175,7 @@ def train(
                                evaluation_sequences=sequences)
     except ValueError as e:
         fail(str(e))
+    announce_backend()
     with progress_bar() as progress:
         task = progress.add_task(f"{config.variant}-{config.layers} {config.noise}", total=config.steps, loss="–")
         try:
@@ -193,6 +204,7 @@ def reproduce(
     from ..reproduce import Reproduction, reproduce as run_target
 
     started = time.perf_counter()
+    announce_backend()
     with progress_bar(loss=False) as progress:
         bars = {}
 
