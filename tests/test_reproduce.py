@@ -154,7 +154,7 @@ def test_reproduce_bad_arguments_give_one_line_errors(tmp_path):
 @pytest.mark.slow
 def test_a_finished_reproduction_is_reused(smoke):
     from lticl.experiments import budget_config
-    from lticl.runs import run_name
+    from lticl.rundir import run_name
 
     model = smoke / "runs" / run_name(budget_config("smoke", "full", 4, "categorical:1,3")) / "model.npz"
     before = model.stat().st_mtime_ns

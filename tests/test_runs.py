@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from lticl.metrics import Evaluation
-from lticl.runs import (CHECKPOINT, METRICS, combine_runs, config_hash, load_checkpoint, run, run_groups, run_name,
-                        save_checkpoint)
+from lticl.rundir import CHECKPOINT, METRICS, config_hash, load_checkpoint, run_name, save_checkpoint
+from lticl.runs import combine_runs, run, run_groups
 from lticl.config import TrainConfig
 from lticl.engine import init_state, run_steps
 from lticl.selection import select_best, tail_limit

@@ -13,6 +13,7 @@ training range, and the diabetes data of scikit-learn cut into many small proble
 
 from __future__ import annotations
 
+import importlib
 import math
 import os
 from dataclasses import dataclass
@@ -57,6 +58,8 @@ def algorithm(model: Params | str | os.PathLike, trained_n: int | None = None) -
             X, y = X[None], y[None]
         if X.ndim != 3 or X.shape[-1] != d or y.shape != X.shape[:2] or X.shape[1] < 1:
             raise ValueError(f"expected X (n, {d}) and y (n,) [or stacked (B, n, {d}), (B, n)], got X {X.shape}, y {y.shape}")
+        if not (np.isfinite(X).all() and np.isfinite(y).all()):
+            raise ValueError("X and y must be finite (no NaN or infinity)")
         Z = np.concatenate([X, y[..., None]], axis=-1)
         G = np.einsum("bni,bnj->bij", Z, Z)
         if trained_n is not None:
@@ -110,6 +113,14 @@ def synthetic_problems(name: str, noise, problems: int, n: int, d: int, seed: in
         return ProblemSet(name, *(np.asarray(a) for a in (t.x, t.y, t.w, t.sigma)))
 
 
+def require_data() -> None:
+    """Raise ValueError unless the `data` extra (scikit-learn) is installed."""
+    try:
+        importlib.import_module("sklearn.datasets")
+    except ImportError:
+        raise ValueError("the diabetes comparison needs scikit-learn: pip install 'lticl[data]'") from None
+
+
 def diabetes_problems(problems: int, n: int, seed: int, target_scale: float | None = None) -> ProblemSet:
     """scikit-learn's diabetes data (442 patients, d = 10), features and target
     standardised, as many small problems: each takes n random patients as its
@@ -119,10 +130,9 @@ def diabetes_problems(problems: int, n: int, seed: int, target_scale: float | No
     variance of y = <w, x> with w ~ N(0, I) that the models were trained on;
     losses are reported in standardised target units (divided by the scale²), so
     scale-equivariant methods (OLS, GD, ADARR) are unaffected by it."""
-    try:
-        from sklearn.datasets import load_diabetes
-    except ImportError:
-        raise ValueError("the diabetes comparison needs scikit-learn: pip install 'lticl[data]'") from None
+    require_data()
+    from sklearn.datasets import load_diabetes
+
     X, y = load_diabetes(return_X_y=True)
     X = (X - X.mean(0)) / X.std(0)
     y = (y - y.mean()) / y.std()

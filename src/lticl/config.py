@@ -10,11 +10,12 @@ two programs.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from functools import cached_property
 
 from .engine import noise_atoms
-from .params import canonical_variant
+from .params import canonical_variant, check_size
 from .noise import as_noise
 from .paper import PAPER_D, PAPER_N
 from .tasks import positive_int
@@ -85,6 +86,10 @@ class TrainConfig:
             raise ValueError(f"unknown objective {self.objective!r}; expected one of {', '.join(OBJECTIVES)}")
         if self.init not in INITS:
             raise ValueError(f"unknown init {self.init!r}; expected one of {', '.join(INITS)}")
+        check_size(self.layers, self.heads, self.d)
+        for name in ("lr", "clip", "explode", "init_scale", "wide_scale", "final_lr_fraction"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be finite, got {getattr(self, name)}")
         for name in ("lr", "clip", "explode"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")

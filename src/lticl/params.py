@@ -16,6 +16,8 @@ from jax import Array
 from .tasks import positive_int
 
 VARIANTS = ("full", "diag", "gdpp")
+# The largest model lticl builds or reads: bounds the memory a config or a file can ask for.
+MAX_LAYERS, MAX_HEADS, MAX_D = 64, 16, 128
 _ALIASES = {"gd++": "gdpp", "gdplusplus": "gdpp"}
 OMEGA_NAMES = ("omega_xx", "omega_xy", "omega_yx", "omega_yy")  # the order of every ω array
 
@@ -76,7 +78,16 @@ def check_params(params: Params) -> Params:
         raise ValueError(f"{variant} parameters need {want}; got p {p}, q {q}")
     if p[0] < 1 or p[1] < 1:
         raise ValueError(f"parameters need L >= 1 layers and H >= 1 heads; got shape {p}")
+    check_size(p[0], p[1], d)
     return params
+
+
+def check_size(layers: int, heads: int, d: int) -> None:
+    """Raise ValueError for a model larger than MAX_LAYERS layers, MAX_HEADS heads or
+    MAX_D inputs."""
+    for name, value, limit in (("layers", layers, MAX_LAYERS), ("heads", heads, MAX_HEADS), ("d", d, MAX_D)):
+        if value > limit:
+            raise ValueError(f"{name} = {value} is above lticl's limit of {limit}")
 
 
 def truncate(params: Params, layers: int) -> Params:

@@ -28,7 +28,8 @@ from .metrics import Evaluation, evaluate, evaluate_baselines, layer_adjusted_lo
 from .params import Params
 from .noise import Fixed
 from .paper import PAPER_D, PAPER_N
-from .runs import EXECUTORS, MODEL, SEEDS, combine_runs, load_seeds, run_groups, run_name, write_json
+from .rundir import MODEL, SEEDS, load_seeds, run_name, write_json
+from .runs import EXECUTORS, combine_runs, require_ray, run_groups
 from .selection import heavy_tailed
 from .tasks import data_key, sample_tasks, stack_chunks, task_chunks
 
@@ -41,6 +42,8 @@ class Reproduction:
         self.plan = budget(budget_name)
         if executor not in EXECUTORS:
             raise ValueError(f"unknown executor {executor!r}; expected one of {', '.join(EXECUTORS)}")
+        if executor == "ray":
+            require_ray()
         self.out, self.budget, self.seed, self.resume = Path(out), budget_name, seed, resume
         self.executor = executor
         self.progress = progress or (lambda *a: None)

@@ -53,6 +53,8 @@ class Tasks(NamedTuple):
 
 def positive_int(value, name: str, minimum: int = 1) -> int:
     """`value` as an int ≥ `minimum` (1 unless told), or a ValueError naming `name`."""
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
     try:
         v = operator.index(value)
     except TypeError:
@@ -60,6 +62,13 @@ def positive_int(value, name: str, minimum: int = 1) -> int:
     if v < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {v}")
     return v
+
+
+def check_key(key) -> None:
+    """Raise ValueError unless `key` is a JAX PRNG key (jax.random.key(seed))."""
+    if not (isinstance(key, jax.Array) and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) and key.shape == ()):
+        raise ValueError(f"key must be one JAX PRNG key, as jax.random.key(seed) makes, got {type(key).__name__}"
+                         f"{'' if not hasattr(key, 'dtype') else f' of dtype {key.dtype} and shape {key.shape}'}")
 
 
 def _stream(key: Array, name: str) -> Array:
@@ -113,6 +122,7 @@ def mixture_tasks(key, sigma, n: int, d: int, fraction, scale) -> tuple[Tasks, A
 
 def sample_tasks(key: Array, noise: NoiseLike, batch: int, n: int, d: int, dtype=jnp.float32) -> Tasks:
     """Draw `batch` sequences; `noise` is a distribution, spec string or fixed σ."""
+    check_key(key)
     noise = as_noise(noise)
     batch, n, d = (positive_int(v, name) for v, name in ((batch, "batch"), (n, "n"), (d, "d")))
     sigma = noise.sample(_stream(key, "sigma"), batch, jnp.dtype(dtype))

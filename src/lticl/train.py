@@ -71,12 +71,14 @@ def _result(c: TrainConfig, all_params: Params, losses: np.ndarray, rec: np.ndar
     validation, _ = evaluate_models(all_params, data_key(c.seed, c.noise, "validation"), c.noise,
                                     c.validation_sequences, c.n)
     tails = tail_evaluations(all_params, c.seed, c.noise, c.tail_sequences, c.n)
+    # A seed that failed: rolled back too often, or never took a step (every one skipped).
+    failed = (rec >= c.max_recoveries) | (skip >= losses.shape[1])
     try:
-        best, usable = select_best(validation, rec >= c.max_recoveries, tails, tail_limit(c.d)), True
+        best, usable = select_best(validation, failed, tails, tail_limit(c.d)), True
     except RuntimeError:
         # Reported, not raised, so that one broken cell does not stop a sweep: the
         # result says usable=False and its evaluation shows the non-finite losses.
-        best = min(range(c.seeds), key=lambda k: (validation[k].nonfinite, bool(rec[k] >= c.max_recoveries)))
+        best = min(range(c.seeds), key=lambda k: (validation[k].nonfinite, bool(failed[k])))
         usable = False
     params = jax.tree.map(lambda a: a[best], all_params)
     (evaluation,), oracle = evaluate_models(jax.tree.map(lambda a: a[None], params),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from enum import Enum
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -63,6 +64,17 @@ def fail(message: str) -> None:
     """One line on stderr, exit code 2."""
     err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
+
+
+def writable(out: Path | None) -> None:
+    """Fail now, before any work, if results could not be written to `out`."""
+    from ..io import writable_directory
+
+    if out is not None:
+        try:
+            writable_directory(out)
+        except ValueError as e:
+            fail(str(e))
 
 
 def stdout() -> Console:

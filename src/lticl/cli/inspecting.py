@@ -14,7 +14,7 @@ from rich.markup import escape
 
 from ..paper import PAPER_N
 from ..theorems import TITLES
-from . import Format, FormatOption, choices, app, err, fail, stdout
+from . import Format, FormatOption, app, choices, err, fail, stdout, writable
 
 ModelArgument = Annotated[Path, typer.Argument(help="A model.npz (as written by lticl train).")]
 Theorem = choices("Theorem", TITLES)
@@ -65,6 +65,7 @@ def inspect(
     from ..report import rich_table
 
     params = load_model(model)
+    writable(out)
     try:
         ins = inspect_model(params, noise, sequences, n, jax.random.key(seed), rank_tol)
     except ValueError as e:
@@ -98,11 +99,14 @@ def compare(
     out: Annotated[Optional[Path], typer.Option(help="Also write compare.json and compare.md here.")] = None,
 ) -> None:
     """The model's learned algorithm as a solver, against OLS, ADARR, TUNEDRR and GD on held-out problems."""
-    from ..algorithm import algorithm, baseline_solvers, compare as run_compare, default_problem_sets
+    from ..algorithm import algorithm, baseline_solvers, compare as run_compare, default_problem_sets, require_data
     from ..report import markdown, rich_table
 
     params = load_model(model)
+    writable(out)
     try:
+        if params.d == 10:  # the diabetes problems need the data extra; say so before any work
+            require_data()
         solvers = {"model": algorithm(params), "model, G·n₀/n": algorithm(params, trained_n),
                    **baseline_solvers(noise, params.layers, trained_n, params.d)}
         rows = run_compare(solvers, default_problem_sets(noise, params.d, problems, seed))
@@ -134,7 +138,8 @@ def theory(
     if model:
         if theorem.value != "thm42":
             raise typer.BadParameter("--model applies to thm42 only", param_hint="--model")
-        kwargs["models"] = {**th.default_thm42_models(), **{str(p): load_model(p) for p in model}}
+        mine = {str(p): load_model(p) for p in model}  # every file checked before any work
+        kwargs["models"] = {**th.default_thm42_models(), **mine}
     started = time.perf_counter()
     try:
         rows = getattr(th, theorem.value)(**kwargs)

@@ -16,7 +16,7 @@ from rich.progress import Progress
 from ..experiments import LABEL
 from ..paper import PAPER_D, PAPER_N
 from . import (D_OPTION, N_OPTION, Budget, BudgetOption, Executor, Format, FormatOption, Target, Variant, app, err,
-               fail, progress_bar, stdout)
+               fail, progress_bar, stdout, writable)
 
 
 # ---------------------------------------------------------------------- baselines
@@ -70,6 +70,7 @@ def baselines(
 
     settings = _noise_specs(noise)
     methods = method or ["constrr", "adarr", "tunedrr"]
+    writable(out)
     unknown = sorted(set(methods) - set(bl.BASELINES))
     if unknown:
         raise typer.BadParameter(f"unknown baseline(s) {', '.join(unknown)}; choose from {', '.join(bl.BASELINES)}",
@@ -126,7 +127,7 @@ def _best_loss(losses) -> str:
     return f"{finite.min():.4f}" if finite.size else "failed step"
 
 
-def _report_run(config, metrics: dict, out: Path) -> None:
+def _report_run(config, metrics: dict, out: Path, reused: bool) -> None:
     from ..metrics import Evaluation
     from ..selection import heavy_tailed
 
@@ -142,7 +143,8 @@ def _report_run(config, metrics: dict, out: Path) -> None:
     Console().print(escape(f"adjusted loss {ev['mean']:.4f} ± {ev['sem']:.4f} (worst sequence {ev['worst']:.3g}, "
                            f"{ev['nonfinite']} non-finite; worst of {config.tail_sequences:,} {tail.worst:.3g}) "
                            f"from seed {metrics['seed']}; recoveries {metrics['recoveries']}; "
-                           f"wrote {out}/model.npz, metrics.json, config.json"))
+                           + (f"reused the finished run in {out}" if reused
+                              else f"wrote {out}/model.npz, metrics.json, config.json")))
 
 
 @app.command()
@@ -164,9 +166,11 @@ def train(
     d: D_OPTION = PAPER_D,
     sequences: Annotated[Optional[int], typer.Option(min=1, help="Evaluation sequences for the reported loss. [budget]")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the checkpoint in --out (or reuse its finished result).")] = False,
+    force: Annotated[bool, typer.Option(help="Start over: remove the run files already in --out first.")] = False,
 ) -> None:
     """Train a linear transformer and evaluate the best seed on fresh sequences."""
     from ..experiments import budget_config
+    from ..rundir import MANIFEST, prepare
     from ..runs import run
 
     try:
@@ -175,16 +179,21 @@ def train(
                                evaluation_sequences=sequences)
     except ValueError as e:
         fail(str(e))
+    reused = resume and not force and (out / MANIFEST).is_file()
+    try:
+        prepare(config, out, resume, force)  # the directory checked (and cleared with --force) before any work
+    except ValueError as e:
+        fail(str(e))
     announce_backend()
     with progress_bar() as progress:
-        task = progress.add_task(f"{config.variant}-{config.layers} {config.noise}", total=config.steps, loss="–")
+        task = progress.add_task(escape(f"{config.variant}-{config.layers} {config.noise}"), total=config.steps, loss="–")
         try:
-            metrics = run(config, out, resume,
+            metrics = run(config, out, True,
                           lambda done, losses: progress.update(task, completed=done, loss=_best_loss(losses)))
-        except ValueError as e:
+        except (ValueError, RuntimeError) as e:
             fail(str(e))
         progress.update(task, completed=config.steps, visible=False)
-    _report_run(config, metrics, out)
+    _report_run(config, metrics, out, reused)
 
 
 @app.command()
@@ -204,6 +213,7 @@ def reproduce(
     from ..reproduce import Reproduction, reproduce as run_target
 
     started = time.perf_counter()
+    writable(out)
     announce_backend()
     with progress_bar(loss=False) as progress:
         bars = {}
@@ -217,7 +227,7 @@ def reproduce(
             rep = Reproduction(out, budget.value, seed=seed, progress=report,
                                executor=executor.value, seeds=seeds, steps=steps, batch=batch)
             written = run_target(target.value, rep)
-        except ValueError as e:
+        except (ValueError, RuntimeError) as e:
             fail(str(e))
     Console().print(escape(f"wrote {', '.join(p.name for p in written)} to {out} in {time.perf_counter() - started:.0f} s"))
     table = out / "table1.md"

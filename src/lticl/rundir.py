@@ -1,0 +1,187 @@
+"""What a run directory holds, and how it proves itself.
+
+    DIR/config.json       the TrainConfig, its hash and the library versions
+    DIR/checkpoint.npz    the whole training state after the last finished chunk
+    DIR/model.npz         the best seed (io.save_npz's format)    } written when
+    DIR/seeds.npz         every seed, leading axis K              } training ends,
+    DIR/metrics.json      adjusted loss, oracle loss, recoveries… } in this order
+    DIR/manifest.json     the config's hash and a SHA-256 of each of the three above, written last
+
+A directory is a finished run of a config when its manifest names that config and
+every file it lists is there with its digest. Anything else of ours in a directory
+(a model without a manifest, a checkpoint of another config, a damaged file) is
+refused with a message that names the file and the fix; nothing is overwritten
+unless `force` says so, and nothing is reused that does not prove itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from .config import TrainConfig
+from .engine import TrainState, init_state
+from .io import atomic_write, load_npz, read_arrays, read_json, writable_directory
+from .params import Params, check_params
+from .provenance import environment
+
+CHECKPOINT, CONFIG, METRICS, MODEL, SEEDS = "checkpoint.npz", "config.json", "metrics.json", "model.npz", "seeds.npz"
+MANIFEST = "manifest.json"
+RESULTS = (MODEL, SEEDS, METRICS)  # written when training ends, listed in the manifest
+FILES = (CONFIG, CHECKPOINT, *RESULTS, MANIFEST)
+METRIC_KEYS = ("adjusted_loss", "seed", "usable", "evaluation", "validation", "tail", "recoveries", "skipped_steps")
+FIX = "pass --force to start over, or choose another --out"
+
+
+def config_hash(config: TrainConfig) -> str:
+    """12 hex digits of SHA-256 over the config's canonical JSON. While importance
+    sampling is off (wide_fraction 0) its two fields change nothing, and are left out."""
+    fields = config.to_dict()
+    if fields["wide_fraction"] == 0:
+        del fields["wide_fraction"], fields["wide_scale"]
+    text = json.dumps(fields, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def run_name(config: TrainConfig) -> str:
+    """A readable, unique directory name: e.g. full-L7-H1-uniform5-<hash>."""
+    slug = "".join(c for c in config.noise if c.isalnum() or c == ".")
+    return f"{config.variant}-L{config.layers}-H{config.heads}-{slug}-{config_hash(config)}"
+
+
+def write_json(path: Path, data, strict: bool = False) -> None:
+    """`data` as JSON, written atomically; `strict`: no NaN or Infinity."""
+    atomic_write(path, lambda f: f.write(json.dumps(data, indent=2, allow_nan=not strict).encode()))
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+# ---------------------------------------------------------------------- checkpoints and seeds
+
+
+def _leaves(state: TrainState) -> list[np.ndarray]:
+    return [np.asarray(jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x)
+            for x in jax.tree.leaves(state)]
+
+
+def save_checkpoint(path: Path, config: TrainConfig, state: TrainState, losses: np.ndarray) -> None:
+    arrays = {f"leaf{i}": a for i, a in enumerate(_leaves(state))}
+    atomic_write(Path(path), lambda f: np.savez(f, config_hash=np.asarray(config_hash(config)), losses=losses, **arrays))
+
+
+def load_checkpoint(path: Path, config: TrainConfig) -> tuple[TrainState, np.ndarray]:
+    """The state and loss history saved by `save_checkpoint` for this very config."""
+    leaves, treedef = jax.tree.flatten(init_state(config))
+    f = read_arrays(path, max(2 * config.seeds * config.steps, *(x.size for x in _leaves(leaves))) + 64)
+    if "config_hash" not in f or str(f["config_hash"]) != config_hash(config):
+        raise ValueError(f"{path} belongs to another configuration (hash {f.get('config_hash')}, "
+                         f"this one {config_hash(config)}); {FIX}")
+    if sorted(f) != sorted(["config_hash", "losses", *(f"leaf{i}" for i in range(len(leaves)))]):
+        raise ValueError(f"{path} does not hold a training state of this library version; {FIX}")
+    restored = []
+    for i, like in enumerate(leaves):
+        a = f[f"leaf{i}"]
+        if jax.dtypes.issubdtype(like.dtype, jax.dtypes.prng_key):
+            a = jax.random.wrap_key_data(a, impl=jax.random.key_impl(like))
+        elif a.shape != like.shape or a.dtype != like.dtype:
+            raise ValueError(f"{path}: leaf {i} has {a.shape} {a.dtype}, expected {like.shape} {like.dtype}; {FIX}")
+        restored.append(jax.numpy.asarray(a))
+    losses = f["losses"]
+    if losses.ndim != 2 or losses.shape[0] != config.seeds or losses.dtype.kind != "f":
+        raise ValueError(f"{path}: losses of shape {losses.shape}, expected ({config.seeds}, steps); {FIX}")
+    return jax.tree.unflatten(treedef, restored), losses
+
+
+def save_seeds(path: Path, params: Params) -> None:
+    """Every seed's parameters, stacked on a leading axis, in the library's own layout."""
+    atomic_write(Path(path), lambda f: np.savez(f, variant=np.asarray(params.variant), d=np.asarray(params.d),
+                                                p=np.asarray(params.p), q=np.asarray(params.q)))
+
+
+def load_seeds(path: Path) -> Params:
+    f = read_arrays(path, 10**8)
+    try:
+        params = Params(str(f["variant"]), int(f["d"]), jax.numpy.asarray(f["p"]), jax.numpy.asarray(f["q"]))
+        check_params(jax.tree.map(lambda a: a[0], params))
+    except (KeyError, TypeError, ValueError, IndexError) as e:
+        raise ValueError(f"{path}: not the seeds of a run ({e})") from None
+    return params
+
+
+# ---------------------------------------------------------------------- the directory as a unit
+
+
+def finish(directory: Path, config: TrainConfig) -> None:
+    """Seal a run whose RESULTS are written: the manifest, last and atomically."""
+    write_json(directory / MANIFEST, {"config_hash": config_hash(config),
+                                      "files": {name: digest(directory / name) for name in RESULTS}})
+
+
+def _differences(stored: dict, config: TrainConfig) -> str:
+    mine = config.to_dict()
+    fields = sorted(k for k in set(stored) | set(mine) if stored.get(k) != mine.get(k))
+    return ", ".join(f"{k} {stored.get(k)!r} (here {mine.get(k)!r})" for k in fields) or "its hash"
+
+
+def _check_config(directory: Path, config: TrainConfig) -> None:
+    """The directory's config.json, where there is one, is this config's."""
+    if (directory / CONFIG).exists():
+        stored = read_json(directory / CONFIG, ("config", "hash"))
+        if stored["hash"] != config_hash(config):
+            raise ValueError(f"{directory} holds a run of another configuration, which differs in "
+                             f"{_differences(stored['config'], config)}; {FIX}")
+
+
+def _finished(directory: Path, config: TrainConfig) -> dict:
+    """The metrics of the finished run in `directory`, once its manifest proves it."""
+    manifest = read_json(directory / MANIFEST, ("config_hash", "files"))
+    if manifest["config_hash"] != config_hash(config):
+        raise ValueError(f"{directory} holds a finished run of another configuration "
+                         f"(hash {manifest['config_hash']}, this one {config_hash(config)}); {FIX}")
+    files = manifest["files"]
+    for name in RESULTS:
+        path = directory / name
+        if not path.exists() or not isinstance(files, dict) or files.get(name) != digest(path):
+            what = "is missing" if not path.exists() else "differs from the file the run wrote"
+            raise ValueError(f"{path} {what}; {FIX}")
+    return read_json(directory / METRICS, METRIC_KEYS)
+
+
+def prepare(config: TrainConfig, directory: Path, resume: bool, force: bool = False):
+    """Check `directory` against `config` before any work: (metrics, None) for a
+    finished run to reuse, or (None, start) to train from, start None or a
+    checkpoint's (state, losses). Raises ValueError for anything else of ours there."""
+    directory = writable_directory(directory)
+    if force:
+        for name in FILES:
+            (directory / name).unlink(missing_ok=True)
+    _check_config(directory, config)
+    if not (directory / MANIFEST).exists() and (directory / CONFIG).exists() and all(
+            (directory / name).exists() for name in RESULTS):
+        # Finished before its seal (killed between the two writes, or written by a
+        # version of lticl without manifests): check what can be checked, then seal it.
+        load_npz(directory / MODEL), load_seeds(directory / SEEDS), read_json(directory / METRICS, METRIC_KEYS)
+        finish(directory, config)
+    if (directory / MANIFEST).exists():
+        metrics = _finished(directory, config)
+        if not resume:
+            raise ValueError(f"{directory} holds a finished run; pass --resume to reuse it, or --force to start over")
+        return metrics, None
+    start = None
+    if (directory / CHECKPOINT).exists():
+        if not resume:
+            raise ValueError(f"{directory} holds an unfinished run; pass --resume to continue it, or --force to start over")
+        start = load_checkpoint(directory / CHECKPOINT, config)
+    else:
+        stray = [name for name in RESULTS if (directory / name).exists()]
+        if stray:
+            raise ValueError(f"{directory / stray[0]} is not part of a finished run of this configuration; {FIX}")
+    write_json(directory / CONFIG, {"config": config.to_dict(), "hash": config_hash(config),
+                                    "environment": environment()}, strict=True)
+    return None, start
