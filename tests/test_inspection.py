@@ -121,6 +121,6 @@ def test_inspect_full_model_reports_diagonality(key):
 
 
 def test_inspect_cli_bad_input(tmp_path):
-    assert_one_line_error(run_cli("inspect", tmp_path / "missing.npz"), "no such model file")
+    assert_one_line_error(run_cli("inspect", tmp_path / "missing.npz"), "no such file")
     (tmp_path / "junk.npz").write_text("not a zip")
     assert_one_line_error(run_cli("inspect", tmp_path / "junk.npz"), "not a readable .npz")

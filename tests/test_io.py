@@ -48,7 +48,7 @@ def good_arrays(variant="diag"):
         (dict(P=np.ones((2, 1, 4, 4))), "not of the diag form"),
         (dict(P=np.zeros((2, 1, 4, 4), dtype=np.int64)), "floats"),
         (dict(variant=np.asarray(["diag", "full"])), "single string"),
-        (dict(variant=np.asarray({"a": 1}, dtype=object)), "unpickling"),
+        (dict(variant=np.asarray({"a": 1}, dtype=object)), "never unpickles"),
     ],
 )
 def test_bad_files_are_refused(tmp_path, change, match):

@@ -25,15 +25,16 @@ def _label(path: Path) -> str:
     return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
 
 
-def load_model(path: Path):
+def load_model(path: Path, out: Path | None = None):
+    """The model in `path`, once it and the output directory `out` are known good."""
     from ..io import load_npz
 
     try:
-        return load_npz(path)
-    except FileNotFoundError:
-        fail(f"{path}: no such model file")
+        params = load_npz(path)
     except ValueError as e:
         fail(str(e))
+    writable(out)
+    return params
 
 
 def _write(out: Path, record, md: str | None, name: str) -> list[str]:
@@ -64,8 +65,7 @@ def inspect(
     from ..plotting import save
     from ..report import rich_table
 
-    params = load_model(model)
-    writable(out)
+    params = load_model(model, out)
     try:
         ins = inspect_model(params, noise, sequences, n, jax.random.key(seed), rank_tol)
     except ValueError as e:
@@ -102,8 +102,7 @@ def compare(
     from ..algorithm import algorithm, baseline_solvers, compare as run_compare, default_problem_sets, require_data
     from ..report import markdown, rich_table
 
-    params = load_model(model)
-    writable(out)
+    params = load_model(model, out)
     try:
         if params.d == 10:  # the diabetes problems need the data extra; say so before any work
             require_data()
