@@ -23,7 +23,7 @@ from .config import TrainConfig
 from .devices import device_memory, plan_calls
 from .engine import concat
 from .experiments import BASELINES, budget, budget_config
-from .io import load_npz
+from .io import load_npz, read_json
 from .metrics import Evaluation, evaluate, evaluate_baselines, layer_adjusted_losses, tune_baselines
 from .params import Params
 from .noise import Fixed
@@ -121,7 +121,7 @@ class Reproduction:
                "tune_sequences": self.baseline_sequences, "n": PAPER_N, "d": PAPER_D}
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
         path = self.out / f"baselines-{digest}.json"
-        cached = json.loads(path.read_text())["settings"] if path.exists() else {}
+        cached = read_json(path, ("settings",))["settings"] if path.exists() else {}
         todo = [s for s in settings if s not in cached]
         fresh = evaluate_baselines(BASELINES, todo, self.seed, key["sequences"], key["tune_sequences"], PAPER_N,
                                    PAPER_D)
