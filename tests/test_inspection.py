@@ -120,6 +120,7 @@ def test_inspect_full_model_reports_diagonality(key):
     np.testing.assert_allclose([e.mean for e in ins.layer_adjusted_loss], [e.mean for e in ref.layer_adjusted_loss], rtol=1e-9)
 
 
+@pytest.mark.slow
 def test_inspect_cli_bad_input(tmp_path):
     assert_one_line_error(run_cli("inspect", tmp_path / "missing.npz"), "no such file")
     (tmp_path / "junk.npz").write_text("not a zip")
