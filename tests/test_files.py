@@ -237,6 +237,7 @@ def test_defect7_a_run_none_of_whose_steps_trained_is_not_usable(capsys, tmp_pat
 
 def test_defect8_model_size_is_bounded(capsys, tmp_path):
     one_line_error(cli(capsys, *[*T[:4], "10000", *T[5:]], "--out", tmp_path / "D"), "layers", "limit")
+    one_line_error(cli(capsys, *T, "--n", "100000", "--out", tmp_path / "D"), "n × (d + 1)", "limit")
     path = _npz_with_header(tmp_path / "deep.npz", (200_000, 1, 11, 11))
     one_line_error(cli(capsys, "inspect", path), path)
 

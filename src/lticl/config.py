@@ -21,6 +21,9 @@ from .paper import PAPER_D, PAPER_N
 from .tasks import positive_int
 
 OBJECTIVES = ("query_averaged", "sampled_query")
+# n × (d + 1) numbers per sequence at most: evaluations draw sequences in chunks of
+# tasks.CHUNK, and this keeps a chunk's context near 2 GiB in float32.
+MAX_CONTEXT = 2**16
 INITS = ("gd", "precondition", "random")
 
 
@@ -87,6 +90,9 @@ class TrainConfig:
         if self.init not in INITS:
             raise ValueError(f"unknown init {self.init!r}; expected one of {', '.join(INITS)}")
         check_size(self.layers, self.heads, self.d)
+        if self.n * (self.d + 1) > MAX_CONTEXT:
+            raise ValueError(f"n × (d + 1) = {self.n * (self.d + 1):,} numbers per sequence is above lticl's limit "
+                             f"of {MAX_CONTEXT:,}")
         for name in ("lr", "clip", "explode", "init_scale", "wide_scale", "final_lr_fraction"):
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"{name} must be finite, got {getattr(self, name)}")
