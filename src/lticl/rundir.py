@@ -162,17 +162,16 @@ def prepare(config: TrainConfig, directory: Path, resume: bool, force: bool = Fa
         for name in FILES:
             (directory / name).unlink(missing_ok=True)
     _check_config(directory, config)
-    if not (directory / MANIFEST).exists() and (directory / CONFIG).exists() and all(
-            (directory / name).exists() for name in RESULTS):
-        # Finished before its seal (killed between the two writes, or written by a
-        # version of lticl without manifests): check what can be checked, then seal it.
-        load_npz(directory / MODEL), load_seeds(directory / SEEDS), read_json(directory / METRICS, METRIC_KEYS)
-        finish(directory, config)
-    if (directory / MANIFEST).exists():
-        metrics = _finished(directory, config)
+    sealed = (directory / MANIFEST).exists()
+    if sealed or ((directory / CONFIG).exists() and all((directory / name).exists() for name in RESULTS)):
         if not resume:
             raise ValueError(f"{directory} holds a finished run; pass --resume to reuse it, or --force to start over")
-        return metrics, None
+        if not sealed:
+            # Finished before its seal (killed between the two writes, or written by a
+            # version of lticl without manifests): check what can be checked, then seal it.
+            load_npz(directory / MODEL), load_seeds(directory / SEEDS), read_json(directory / METRICS, METRIC_KEYS)
+            finish(directory, config)
+        return _finished(directory, config), None
     start = None
     if (directory / CHECKPOINT).exists():
         if not resume:
