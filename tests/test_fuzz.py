@@ -66,7 +66,7 @@ _values = {
 
 
 @pytest.mark.slow
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_any_bad_train_argument_is_one_line_or_a_run(capsys, tmp_path, data):
     option = data.draw(st.sampled_from(sorted(_values)))

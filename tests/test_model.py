@@ -226,7 +226,7 @@ def test_predict_rejects_bad_input():
     n=st.integers(1, 6),
     d=st.integers(1, 4),
 )
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=8, deadline=None)
 def test_output_shapes_for_any_sizes(variant, layers, heads, batch, n, d):
     params = lticl.init_params(jax.random.key(0), variant, layers, d, heads)
     t = lticl.sample_tasks(jax.random.key(1), "uniform:1", batch, n, d)

@@ -14,7 +14,7 @@ from lticl.tasks import (CHUNK, data_key, mixture_tasks, stack_chunks, tail_scor
 
 @pytest.mark.slow
 @given(st.integers(1, 5), st.integers(1, 6), st.integers(1, 6))
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=10, deadline=None)
 def test_shapes_for_any_sizes(batch, n, d):
     t = lticl.sample_tasks(jax.random.key(0), "uniform:2", batch, n, d)
     assert t.x.shape == (batch, n, d) and t.y.shape == (batch, n) and t.w.shape == (batch, d)
