@@ -62,13 +62,14 @@ def combine_runs(runs: list[dict], d: int) -> dict:
 
 def run_group(runs: list[tuple[TrainConfig, Path]], resume: bool = True,
               progress: Callable[[int, np.ndarray], None] | None = None, stop_on_failure: bool = True,
-              force: bool = False) -> list[dict]:
+              force: bool = False, prepared: list | None = None) -> list[dict]:
     """Train configs that share one program (see train.train_group) in their run
     directories, side by side, and return each one's metrics. Finished directories
     are read back; with `resume`, checkpoints are continued (grouped by their step).
     A sweep passes stop_on_failure=False: a run none of whose seeds can be
-    recovered then finishes as unusable instead of raising."""
-    prepared = [prepare(c, Path(d), resume, force) for c, d in runs]
+    recovered then finishes as unusable instead of raising. `prepared`: what
+    `rundir.prepare` already returned for each run, so it is not done twice."""
+    prepared = prepared or [prepare(c, Path(d), resume, force) for c, d in runs]
     todo = [i for i, (metrics, _) in enumerate(prepared) if metrics is None]
     by_step: dict[int, list[int]] = {}
     for i in todo:
@@ -136,7 +137,9 @@ def run_groups(groups: list[list[tuple[TrainConfig, Path]]], resume: bool = True
 
 
 def run(config: TrainConfig, directory: Path, resume: bool = True,
-        progress: Callable[[int, np.ndarray], None] | None = None, force: bool = False) -> dict:
+        progress: Callable[[int, np.ndarray], None] | None = None, force: bool = False,
+        prepared: tuple | None = None) -> dict:
     """Train `config` in `directory` and return its metrics (see run_group); `force`
     removes the run files already there first."""
-    return run_group([(config, directory)], resume, progress, force=force)[0]
+    return run_group([(config, directory)], resume, progress, force=force,
+                     prepared=None if prepared is None else [prepared])[0]

@@ -170,7 +170,7 @@ def train(
 ) -> None:
     """Train a linear transformer and evaluate the best seed on fresh sequences."""
     from ..experiments import budget_config
-    from ..rundir import MANIFEST, prepare
+    from ..rundir import prepare
     from ..runs import run
 
     try:
@@ -179,21 +179,21 @@ def train(
                                evaluation_sequences=sequences)
     except ValueError as e:
         fail(str(e))
-    reused = resume and not force and (out / MANIFEST).is_file()
     try:
-        prepare(config, out, resume, force)  # the directory checked (and cleared with --force) before any work
+        prepared = prepare(config, out, resume, force)  # checked (and cleared with --force) before any work
     except ValueError as e:
         fail(str(e))
     announce_backend()
     with progress_bar() as progress:
         task = progress.add_task(escape(f"{config.variant}-{config.layers} {config.noise}"), total=config.steps, loss="–")
         try:
-            metrics = run(config, out, True,
-                          lambda done, losses: progress.update(task, completed=done, loss=_best_loss(losses)))
+            metrics = run(config, out, progress=lambda done, losses: progress.update(task, completed=done,
+                                                                                     loss=_best_loss(losses)),
+                          prepared=prepared)
         except (ValueError, RuntimeError) as e:
             fail(str(e))
         progress.update(task, completed=config.steps, visible=False)
-    _report_run(config, metrics, out, reused)
+    _report_run(config, metrics, out, reused=prepared[0] is not None)
 
 
 @app.command()
