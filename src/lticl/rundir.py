@@ -78,7 +78,8 @@ def save_checkpoint(path: Path, config: TrainConfig, state: TrainState, losses: 
 def load_checkpoint(path: Path, config: TrainConfig) -> tuple[TrainState, np.ndarray]:
     """The state and loss history saved by `save_checkpoint` for this very config."""
     leaves, treedef = jax.tree.flatten(init_state(config))
-    f = read_arrays(path, max(2 * config.seeds * config.steps, *(x.size for x in _leaves(leaves))) + 64)
+    # the largest array a checkpoint of this config holds: the losses (seeds, steps) or a state leaf
+    f = read_arrays(path, max(config.seeds * config.steps, *(np.size(x) for x in leaves)))
     if "config_hash" not in f or str(f["config_hash"]) != config_hash(config):
         raise ValueError(f"{path} belongs to another configuration (hash {f.get('config_hash')}, "
                          f"this one {config_hash(config)}); {FIX}")
