@@ -92,7 +92,9 @@ def read_arrays(path: str | os.PathLike, max_elements: int) -> dict[str, np.ndar
             return arrays
     except ValueError as e:
         raise ValueError(f"{path}: not a readable .npz file ({e})") from None
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, KeyError) as e:
+    # zipfile raises NotImplementedError for a damaged header that names an unknown
+    # zip version or compression method.
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, KeyError, NotImplementedError) as e:
         raise ValueError(f"{path}: not a readable .npz file, or a damaged one ({e or type(e).__name__})") from None
 
 
