@@ -1,17 +1,18 @@
-"""Training throughput in model-steps per second (FULL-7 and DIAG-7, batch 2048,
-uniform:5), all measured in one run so that only ratios are compared:
+"""Training throughput of the engine, fast path against the reference path, in one run.
 
-- tokens:   the literal attention (token form) inside the loss, a Python loop of jitted steps
-- implicit: w^L through the implicit-state recursion (M, u, a, w), scan-fused
-- engine:   lticl.engine.run_steps (w^L as one row carried back; DIAG mixes elementwise), scan-fused
-- grid:     run_steps over 4 configs (4 noise settings) vmapped in one call
-- spread:   the same 4 configs placed across the CPU devices (one per core,
-            lticl.devices.use_cpu_cores) as train_group does
+For each variant (FULL, DIAG, GD++), depth (1, 3, 7) and batch (512, 2048): two
+models (one per CPU core, spread as train_group spreads them) take `--steps` steps
+on uniform:5 by
 
-Achieved GFLOP/s of the engine: XLA's flop count of one compiled step times the
-measured rate, against a float32 matmul peak measured in the same run.
+- reference: the gradient by autodiff through model.weights (the engine before lticl.kernel),
+- fast:      the hand-derived gradient of lticl.kernel, batch-last,
 
-    python bench/train.py [--steps 20]
+each timed after a warm-up call. Reported: model-sequences per second (models ×
+steps × batch / wall), the ratio fast / reference, and achieved GFLOP/s, both
+paths counted with XLA's flop count of one reference step (the same useful work),
+against a float32 2048² matmul measured in the same run.
+
+    python bench/train.py [--steps 10] [--variants full,diag,gdpp] [--layers 1,3,7] [--batches 512,2048]
 """
 
 import argparse
@@ -19,55 +20,18 @@ import time
 
 import jax
 import jax.numpy as jnp
-import optax
 
-from lticl.metrics import sequence_loss
-from lticl.model import implicit_state, predict
-from lticl.tasks import sample_tasks
 from lticl.config import TrainConfig
-from lticl.devices import spread as spread_models, use_cpu_cores
-from lticl.engine import concat, init_state, run_steps
+from lticl.devices import spread, use_cpu_cores
+from lticl.engine import init_state, run_steps
 
 
-def timed(fn, repeats=1):
+def timed(fn, repeats=2):
     jax.block_until_ready(fn())
     start = time.perf_counter()
     for _ in range(repeats):
         jax.block_until_ready(fn())
     return (time.perf_counter() - start) / repeats
-
-
-def baseline_steps(config, steps, kind):
-    """Plain Adam steps with the given forward, for the tokens and implicit rows."""
-    state = init_state(config)
-    params = jax.tree.map(lambda a: a[0], state.params)
-    opt = optax.adam(1e-4)
-
-    def loss(p, key):
-        t = sample_tasks(key, config.noise, config.batch, config.n, config.d)
-        if kind == "tokens":
-            return 0.5 * jnp.mean((predict(p, t.x, t.y, t.x_query, form="tokens") - t.y_query) ** 2)
-        return jnp.mean(sequence_loss(implicit_state(p, t.x, t.y).w[-1], t.w))
-
-    @jax.jit
-    def step(p, o, i):
-        g = jax.grad(loss)(p, jax.random.fold_in(jax.random.key(0), i))
-        u, o = opt.update(g, o)
-        return optax.apply_updates(p, u), o
-
-    @jax.jit
-    def fused(p, o):
-        return jax.lax.scan(lambda c, i: (step(*c, i), None), (p, o), jnp.arange(steps))[0]
-
-    o = opt.init(params)
-    if kind == "tokens":
-        def run():
-            p, oo = params, o
-            for i in range(steps):
-                p, oo = step(p, oo, i)
-            return p
-        return timed(run)
-    return timed(lambda: fused(params, o))
 
 
 def matmul_peak(size=2048, repeats=10):
@@ -78,8 +42,9 @@ def matmul_peak(size=2048, repeats=10):
 
 
 def step_flops(config, state):
-    """XLA's flop count of one compiled engine step (a scan of length 1)."""
-    compiled = jax.jit(lambda s: run_steps(config, s, 1)[1]).lower(state).compile()
+    """XLA's flop count of one reference step of one model (a scan of length 1)."""
+    one = jax.tree.map(lambda a: a[:1], state)
+    compiled = jax.jit(lambda s: run_steps(config, s, 1, True)[1]).lower(one).compile()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     return float(cost["flops"])
@@ -87,26 +52,30 @@ def step_flops(config, state):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--variants", default="full,diag,gdpp")
+    ap.add_argument("--layers", default="1,3,7")
+    ap.add_argument("--batches", default="512,2048")
     args = ap.parse_args()
-    devices = use_cpu_cores()
-    print(f"JAX {jax.__version__} on {jax.devices()[0].platform} ({devices} devices); "
-          f"{args.steps} steps per measurement")
+    cores = use_cpu_cores()
     peak = matmul_peak()
-    print(f"float32 matmul peak (2048²): {peak:.0f} GFLOP/s")
-    for variant in ("full", "diag"):
-        config = TrainConfig(variant, 7, "uniform:5", steps=10_000)
-        rows = {k: args.steps / baseline_steps(config, args.steps, k) for k in ("tokens", "implicit")}
-        state = init_state(config)
-        rows["engine"] = args.steps / timed(lambda: run_steps(config, state, args.steps)[1])
-        grid = concat([init_state(TrainConfig(variant, 7, f"uniform:{s}", steps=10_000)) for s in (1, 3, 5, 7)])
-        rows["grid (4 configs)"] = 4 * args.steps / timed(lambda: run_steps(config, grid, args.steps)[1])
-        spread = spread_models(grid, 4)
-        rows["spread (4 configs)"] = 4 * args.steps / timed(lambda: run_steps(config, spread, args.steps)[1])
-        for name, rate in rows.items():
-            print(f"{variant}-7  {name:19s} {rate:6.1f} model-steps/s  {rate / rows['tokens']:5.2f}x tokens")
-        gflops = step_flops(config, state) * rows["engine"] / 1e9
-        print(f"{variant}-7  engine: {gflops:.1f} GFLOP/s achieved = {100 * gflops / peak:.1f}% of the matmul peak")
+    print(f"JAX {jax.__version__} on {jax.devices()[0].platform}, {cores} devices, {cores} models per call, "
+          f"{args.steps} steps per measurement; float32 matmul (2048²): {peak:.0f} GFLOP/s\n")
+    print("| model | batch | reference seq/s | fast seq/s | fast / reference | reference GFLOP/s | fast GFLOP/s "
+          "| fast % of matmul |")
+    print("|---|---|---|---|---|---|---|---|")
+    for variant in args.variants.split(","):
+        for layers in map(int, args.layers.split(",")):
+            for batch in map(int, args.batches.split(",")):
+                config = TrainConfig(variant, layers, "uniform:5", batch=batch, seeds=cores, steps=10_000)
+                state = spread(init_state(config), cores)
+                work = cores * args.steps * batch
+                rate = {r: work / timed(lambda: run_steps(config, state, args.steps, r)[1]) for r in (True, False)}
+                flops = step_flops(config, state) / batch  # per sequence
+                ref, fast = rate[True], rate[False]
+                print(f"| {variant.upper()}-{layers} | {batch} | {ref:,.0f} | {fast:,.0f} | {fast / ref:.2f} | "
+                      f"{ref * flops / 1e9:.1f} | {fast * flops / 1e9:.1f} | {100 * fast * flops / 1e9 / peak:.1f} |",
+                      flush=True)
 
 
 if __name__ == "__main__":

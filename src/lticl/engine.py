@@ -28,9 +28,10 @@ import numpy as np
 import optax
 from jax import Array
 
+from . import kernel
 from .metrics import sequence_loss
 from .inits import gd_init, init_params, precondition_init
-from .model import predict, weights
+from .model import weights
 from .params import Params
 from .noise import as_noise
 from .tasks import data_key, mixture_tasks, sigma_key
@@ -119,40 +120,64 @@ def init_state(config: TrainConfig) -> TrainState:
     return jax.vmap(one)(jnp.arange(config.first_seed, config.first_seed + config.seeds))
 
 
+def _batch(config: TrainConfig, key: Array, atoms: Array, count: Array, wide: Array):
+    """One freshly drawn training batch and its importance weights."""
+    sigma = _draw_sigma(sigma_key(key), atoms, count, config.batch)
+    return mixture_tasks(key, sigma, config.n, config.d, wide[0], wide[1])
+
+
+def _loss_of_w(config: TrainConfig, t, weight: Array) -> Callable[[Array], Array]:
+    """The batch's mean loss as a function of the models' w^L (B, d)."""
+    if config.objective == "query_averaged":
+        return lambda w: jnp.mean(weight * sequence_loss(w, t.w))
+    return lambda w: 0.5 * jnp.mean(weight * (jnp.einsum("bd,bd->b", w, t.x_query) - t.y_query) ** 2)
+
+
 def objective(config: TrainConfig) -> Callable[[Params, Array, Array, Array, Array], Array]:
     """(params, key, atoms, count, wide) -> mean loss on one freshly drawn batch,
     importance-weighted where wide = (fraction, scale) has fraction > 0."""
 
     def loss(params: Params, key: Array, atoms: Array, count: Array, wide: Array) -> Array:
-        sigma = _draw_sigma(sigma_key(key), atoms, count, config.batch)
-        t, weight = mixture_tasks(key, sigma, config.n, config.d, wide[0], wide[1])
-        if config.objective == "query_averaged":
-            return jnp.mean(weight * sequence_loss(weights(params, t.x, t.y), t.w))
-        return 0.5 * jnp.mean(weight * (predict(params, t.x, t.y, t.x_query) - t.y_query) ** 2)
+        t, weight = _batch(config, key, atoms, count, wide)
+        return _loss_of_w(config, t, weight)(weights(params, t.x, t.y))
 
     return loss
+
+
+def loss_and_grad(config: TrainConfig, reference: bool = False):
+    """(params, key, atoms, count, wide) -> (the objective's loss, its gradient): by
+    the hand-derived backward pass of `kernel`, or with `reference`, by autodiff
+    through `model.weights`. They agree to rounding (tests/test_kernel.py)."""
+    if reference:
+        return jax.value_and_grad(objective(config))
+
+    def fast(params: Params, key: Array, atoms: Array, count: Array, wide: Array):
+        t, weight = _batch(config, key, atoms, count, wide)
+        return kernel.value_and_grad(params, t.x, t.y, _loss_of_w(config, t, weight))
+
+    return fast
 
 
 def _finite(tree) -> Array:
     return jnp.all(jnp.array([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
 
 
-def run_steps(config: TrainConfig, state: TrainState, steps: int) -> tuple[TrainState, Array]:
+def run_steps(config: TrainConfig, state: TrainState, steps: int, reference: bool = False
+              ) -> tuple[TrainState, Array]:
     """`steps` steps for every model on the leading axis (seeds, and configs sharing
     config.program) in one compiled call: (new state, losses (K, steps)), the loss
-    nan where a step failed."""
-    return _run_steps(config.program, state, steps)
+    nan where a step failed. `reference`: the gradient by autodiff (loss_and_grad)."""
+    return _run_steps(config.program, state, steps, reference)
 
 
-@partial(jax.jit, static_argnames=("config", "steps"))
-def _run_steps(config: TrainConfig, state: TrainState, steps: int) -> tuple[TrainState, Array]:
+@partial(jax.jit, static_argnames=("config", "steps", "reference"))
+def _run_steps(config: TrainConfig, state: TrainState, steps: int, reference: bool) -> tuple[TrainState, Array]:
     opt = optimizer(config)
-    loss_fn = objective(config)
+    value_and_grad = loss_and_grad(config, reference)
     where = lambda cond, a, b: jax.tree.map(lambda x, y: jnp.where(cond, x, y), a, b)
 
     def step(s: TrainState, _):
-        loss, grads = jax.value_and_grad(loss_fn)(s.params, jax.random.fold_in(s.key, s.step), s.atoms, s.count,
-                                                  s.wide)
+        loss, grads = value_and_grad(s.params, jax.random.fold_in(s.key, s.step), s.atoms, s.count, s.wide)
         # The check is of the current parameters: passing it makes them the good state.
         checked = jnp.isfinite(loss) & (loss < config.explode * config.d / 2) & _finite(grads)
         good_params, good_opt = where(checked, (s.params, s.opt_state), (s.good_params, s.good_opt_state))
