@@ -40,6 +40,18 @@ def use_cpu_cores(count: int | None = None) -> int:
     return jax.local_device_count()
 
 
+def use_compilation_cache() -> str | None:
+    """Keep compiled programs on disk (JAX's persistent compilation cache), so that a
+    later run of the same shapes skips XLA's compilation: in $LTICL_COMPILATION_CACHE,
+    default ~/.cache/lticl/xla; "off" turns it off. Returns the directory used."""
+    path = os.environ.get("LTICL_COMPILATION_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "lticl", "xla"))
+    if path.strip().lower() in ("", "off"):
+        return None
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    return path
+
+
 def spread(tree, k: int):
     """The K models on the leading axis placed across the local devices: padded
     with copies of the last model to a multiple of the devices used, so that one

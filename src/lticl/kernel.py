@@ -119,7 +119,7 @@ def value_and_grad(params: Params, x: Array, y: Array, loss_of_w: Callable[[Arra
         G, T, dT, th = inputs
         G, T, dT = o.keep(G), o.keep(T), o.keep(dT)
         HT = o.mm(H, T)
-        dK = dT + o.mm(HT, G)
+        dK = o.keep(dT + o.mm(HT, G))
         d_theta, dG = adjoint(th, G, dK)
         return o.t_mm(T, HT) + dG + _t(dG), d_theta
 

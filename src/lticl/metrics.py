@@ -85,9 +85,10 @@ def _chunk_losses(tasks: Tasks, fns: tuple, tuned: tuple) -> dict[str, Array]:
 def per_sequence(fn: Callable[[Tasks], object], key: Array, noise, sequences: int, n: int, d: int,
                  dtype=jnp.float32):
     """`fn(tasks)` (a pytree of arrays whose last axis is the sequence) over
-    `sequences` fresh sequences in chunks, concatenated on the host."""
-    chunks = [jax.device_get(fn(t)) for t in task_chunks(key, noise, sequences, n, d, dtype)]
-    return jax.tree.map(lambda *parts: np.concatenate(parts, axis=-1), *chunks)
+    `sequences` fresh sequences in chunks, concatenated on the host. Every chunk is
+    whole, so `fn` compiles once; what lies past `sequences` is cut off."""
+    chunks = [fn(t) for t in task_chunks(key, noise, sequences, n, d, dtype, whole=True)]
+    return jax.tree.map(lambda *parts: np.concatenate(jax.device_get(parts), axis=-1)[..., :sequences], *chunks)
 
 
 def evaluate(methods: dict[str, Method], key: Array, noise: NoiseLike, sequences: int, n: int, d: int,

@@ -129,13 +129,16 @@ def sample_tasks(key: Array, noise: NoiseLike, batch: int, n: int, d: int, dtype
     return tasks_given_sigma(key, sigma, n, d)
 
 
-def task_chunks(key: Array, noise: NoiseLike, sequences: int, n: int, d: int, dtype=jnp.float32) -> Iterator[Tasks]:
-    """`sequences` sequences in chunks of at most CHUNK, prefix-stable in `sequences`."""
+def task_chunks(key: Array, noise: NoiseLike, sequences: int, n: int, d: int, dtype=jnp.float32,
+                whole: bool = False) -> Iterator[Tasks]:
+    """`sequences` sequences in chunks of at most CHUNK, prefix-stable in `sequences`.
+    `whole`: the last chunk too comes whole (CHUNK sequences, those past `sequences`
+    included), so that a function of chunks compiles for one shape only."""
     sequences = positive_int(sequences, "sequences")
     for c, start in enumerate(range(0, sequences, CHUNK)):
         chunk = sample_tasks(jax.random.fold_in(key, c), noise, CHUNK, n, d, dtype)
         size = min(CHUNK, sequences - start)
-        yield chunk if size == CHUNK else jax.tree.map(lambda a: a[:size], chunk)
+        yield chunk if size == CHUNK or whole else jax.tree.map(lambda a: a[:size], chunk)
 
 
 @jax.jit

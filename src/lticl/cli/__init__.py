@@ -33,9 +33,10 @@ err = Console(stderr=True)
 @app.callback()
 def _root() -> None:
     """Linear transformers as versatile in-context learners (Vladymyrov et al., NeurIPS 2024)."""
-    from ..devices import use_cpu_cores
+    from ..devices import use_compilation_cache, use_cpu_cores
 
     use_cpu_cores()  # models trained side by side then run on every core
+    use_compilation_cache()
 
 
 def choices(name: str, values) -> type[Enum]:
