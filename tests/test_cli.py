@@ -105,3 +105,18 @@ def test_train_bad_arguments_give_one_line_errors(tmp_path, args, match):
     r = lticl("train", *[x for kv in base.items() for x in kv])
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert r.returncode == 2 and len(lines) == 1 and match in lines[0], r.stderr
+
+
+def test_train_without_a_terminal_prints_plain_progress_and_logs_json_lines(tmp_path):
+    """Under a pipe (no terminal) `lticl train` prints plain progress lines on stderr,
+    the first when the task starts and the last at its final step, and every update
+    is one JSON object per line in OUT/log.jsonl."""
+    r = lticl("train", "--variant", "diag", "--layers", "2", "--noise", "uniform:2", "--d", "3", "--n", "8",
+              "--batch", "64", "--steps", "40", "--sequences", "2000", "--budget", "smoke", "--out", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.startswith("diag-2 uniform:2: step ")]
+    assert lines[0].startswith("diag-2 uniform:2: step 0/40") and "step 40/40, best loss" in lines[-1], r.stderr
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert {"time", "task", "step", "steps", "best_loss", "elapsed_s", "eta_s"} <= set(records[-1])
+    assert records[0]["step"] == 0 and records[-1]["step"] == 40 and records[-1]["eta_s"] == 0
+    assert all(r["best_loss"] is None or r["best_loss"] > 0 for r in records)

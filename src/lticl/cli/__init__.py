@@ -15,7 +15,6 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ..experiments import BUDGETS, TARGET_NAMES
 from ..params import VARIANTS
@@ -84,10 +83,11 @@ def stdout() -> Console:
     return console if console.is_terminal else Console(width=200)
 
 
-def progress_bar(loss: bool = True) -> Progress:
-    columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("step {task.completed}/{task.total}"),
-               *([TextColumn("loss {task.fields[loss]}")] if loss else []), TimeElapsedColumn(), TimeRemainingColumn()]
-    return Progress(*columns, console=err)
+def progress_bar(out: Path | None = None, loss: bool = True):
+    """Bars in a terminal, plain lines otherwise, and OUT/log.jsonl (cli.progress)."""
+    from .progress import Tracker
+
+    return Tracker(err, out, loss)
 
 
 def main() -> None:

@@ -122,9 +122,10 @@ def announce_backend() -> None:
         err.print(f"[bold yellow]warning:[/] {escape(warning)}")
 
 
-def _best_loss(losses) -> str:
+def _best_loss(losses) -> float | None:
+    """The lowest last loss among the seeds; None where every seed's step failed."""
     finite = np.asarray(losses)[np.isfinite(losses)]
-    return f"{finite.min():.4f}" if finite.size else "failed step"
+    return float(finite.min()) if finite.size else None
 
 
 def _report_run(config, metrics: dict, out: Path, reused: bool) -> None:
@@ -184,8 +185,8 @@ def train(
     except ValueError as e:
         fail(str(e))
     announce_backend()
-    with progress_bar() as progress:
-        task = progress.add_task(escape(f"{config.variant}-{config.layers} {config.noise}"), total=config.steps, loss="–")
+    with progress_bar(out) as progress:
+        task = progress.add_task(f"{config.variant}-{config.layers} {config.noise}", total=config.steps)
         try:
             metrics = run(config, out, progress=lambda done, losses: progress.update(task, completed=done,
                                                                                      loss=_best_loss(losses)),
@@ -215,12 +216,12 @@ def reproduce(
     started = time.perf_counter()
     writable(out)
     announce_backend()
-    with progress_bar(loss=False) as progress:
+    with progress_bar(out, loss=False) as progress:
         bars = {}
 
         def report(label, done, total):
             if label not in bars:
-                bars[label] = progress.add_task(escape(label), total=total)
+                bars[label] = progress.add_task(label, total=total)
             progress.update(bars[label], completed=done)
 
         try:
