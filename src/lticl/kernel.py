@@ -6,10 +6,11 @@ compare this against.
 
 Layout: every per-sequence (D, D) matrix is stored batch-last, (D, D, B), so that a
 product of two of them is eleven multiply-adds of whole rows of B lanes, which XLA
-fuses into one vectorised loop. Each product ends in a division by ones computed from the data, as an array of
-the product's shape (a broadcast divisor XLA would turn into a multiplication): XLA
-counts division as expensive and so keeps the product in its own loop instead of
-recomputing it inside every consumer that reads it, eleven times over.
+fuses into one vectorised loop. Each product ends in a division by ones computed
+from the data, an array of the product's shape (a broadcast divisor XLA would turn
+into a multiplication): XLA counts division as expensive and so keeps the product
+in its own loop instead of recomputing it inside every consumer that reads it,
+eleven times over (docs/log/2026-12-02-kernel.md).
 """
 
 from __future__ import annotations
