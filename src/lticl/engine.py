@@ -4,7 +4,9 @@
     state, losses = run_steps(config, state, steps)   # lax.scan inside, vmap over models
 
 The default objective is the exact query-averaged loss ½‖w^L − w‖² (docs/math.md §5);
-the paper's sampled-query loss ½(ŷ − y_query)² is an option.
+the paper's sampled-query loss ½(ŷ − y_query)² is an option. Either is a function of
+w^L, and its gradient comes from `kernel` (by hand); `reference=True` takes it by
+autodiff through `model.weights` instead, the path tests compare against.
 
 Never diverging silently, per model inside the vmapped batch:
 - a step whose loss or gradient is non-finite, whose loss exceeds `explode` × d/2, or

@@ -118,7 +118,7 @@ def value_and_grad(params: Params, x: Array, y: Array, loss_of_w: Callable[[Arra
 
     def backward(H, inputs):  # H = dG^{l+1} + its transpose (G is symmetric)
         G, T, dT, th = inputs
-        G, T, dT = o.keep(G), o.keep(T), o.keep(dT)
+        G, T, dT = o.keep(G), o.keep(T), o.keep(dT)  # read once here, not through a slice in every product
         HT = o.mm(H, T)
         dK = o.keep(dT + o.mm(HT, G))
         d_theta, dG = adjoint(th, G, dK)

@@ -33,7 +33,7 @@ class Tracker:
     update), reported as the module says."""
 
     def __init__(self, console: Console, out: Path | None = None, loss: bool = True):
-        self.console, self.loss, self.started = console, loss, time.monotonic()
+        self.loss, self.started = loss, time.monotonic()
         self.tasks: dict[int, dict] = {}
         self.bars = None
         if console.is_terminal:
@@ -57,9 +57,9 @@ class Tracker:
         if self.log is not None:
             self.log.close()
 
-    def add_task(self, description: str, total: int, loss: str = "–") -> int:
+    def add_task(self, description: str, total: int) -> int:
         task = len(self.tasks)
-        bar = self.bars.add_task(escape(description), total=total, loss=loss) if self.bars is not None else None
+        bar = self.bars.add_task(escape(description), total=total, loss="–") if self.bars is not None else None
         self.tasks[task] = dict(name=description, total=total, step=0, loss=None, bar=bar, began=time.monotonic(),
                                 printed=-math.inf)
         self._report(task, force=True)
