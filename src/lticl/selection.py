@@ -10,6 +10,7 @@ reproduction gives a heavy-tailed cell new seeds.
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import lru_cache
 
 import jax
@@ -34,11 +35,23 @@ def heavy_tailed(tail: Evaluation, d: int) -> bool:
     return not tail.worst <= tail_limit(d)  # nan counts as a tail
 
 
+# One thread that draws tail sets while the caller trains: the draw fills the
+# cores that compilation and the step loop's host work leave idle.
+_DRAWER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lticl-tail-set")
+
+
 @lru_cache(maxsize=32)
+def prefetch_tail_set(seed: int, noise: str, pool: int, n: int, d: int) -> Future:
+    """Start drawing the tail set of (seed, noise, pool, n, d) in the background, once
+    per process; `tail_set` waits for it. Every depth and variant of a noise
+    setting shares it."""
+    return _DRAWER.submit(tail_tasks, data_key(seed, noise, "tail"), noise, pool, TAIL_KEEP, n, d)
+
+
 def tail_set(seed: int, noise: str, pool: int, n: int, d: int) -> Tasks:
-    """The tail set of a run (`tasks.tail_tasks` on its own stream), computed once
-    per process: every depth and variant of a noise setting shares it."""
-    return tail_tasks(data_key(seed, noise, "tail"), noise, pool, TAIL_KEEP, n, d)
+    """The tail set of a run: `tasks.tail_tasks` on its own stream, the TAIL_KEEP
+    sequences with the largest tail score among `pool`."""
+    return prefetch_tail_set(seed, noise, pool, n, d).result()
 
 
 def select_best(validation: list[Evaluation], failed=None, tail: list[Evaluation] | None = None,

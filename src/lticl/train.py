@@ -19,7 +19,7 @@ from .devices import gather, spread
 from .engine import TrainState, concat, final_params, init_state, run_steps
 from .metrics import Evaluation
 from .params import Params
-from .selection import evaluate_models, select_best, tail_evaluations, tail_limit
+from .selection import evaluate_models, prefetch_tail_set, select_best, tail_evaluations, tail_limit
 from .tasks import data_key
 
 
@@ -108,6 +108,8 @@ def train_group(
         raise ValueError("train_group needs configs that differ only in noise, seed and seeds")
     config = configs[0]
     begun, done = _begin(configs, starts or [None] * len(configs))
+    for c in configs:  # drawn while the models train
+        prefetch_tail_set(c.seed, c.noise, c.tail_sequences, c.n, c.d)
     bounds = np.cumsum([0] + [c.seeds for c in configs])
     parts = lambda tree, i: jax.tree.map(lambda a: a[bounds[i]:bounds[i + 1]], tree)
     models = int(bounds[-1])
