@@ -93,6 +93,10 @@ def smoke(tmp_path_factory):
 
 @pytest.mark.slow
 def test_smoke_reproduction_writes_table_and_every_figure(smoke):
+    # the sweep's own table and a learning-curve figure per variant and depth
+    results = list(csv.DictReader(open(smoke / "results.csv")))
+    assert {(r["variant"], int(r["layers"]), r["noise"]) for r in results} == cells("all")
+    assert len(list((smoke / "curves").glob("curve-*-L*.png"))) == len(VARIANTS) * len(DEPTHS)
     rows = list(csv.DictReader(open(smoke / "table1.csv")))
     assert len(rows) == 3 * 7 * 10 + 3 * 10
     for r in rows:

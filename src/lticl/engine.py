@@ -86,11 +86,15 @@ def concat(trees):
     return jax.tree.map(lambda *a: jnp.concatenate(a), *trees)
 
 
-def optimizer(config: TrainConfig) -> optax.GradientTransformation:
-    schedule = optax.warmup_cosine_decay_schedule(
+def schedule(config: TrainConfig) -> optax.Schedule:
+    """The learning rate at each update the optimiser has taken: warmup, cosine decay."""
+    return optax.warmup_cosine_decay_schedule(
         0.0, config.lr, min(config.warmup, config.steps - 1), config.steps, config.lr * config.final_lr_fraction
     )
-    return optax.chain(optax.clip_by_global_norm(config.clip), optax.adam(schedule))
+
+
+def optimizer(config: TrainConfig) -> optax.GradientTransformation:
+    return optax.chain(optax.clip_by_global_norm(config.clip), optax.adam(schedule(config)))
 
 
 def initial_params(config: TrainConfig, key: Array) -> Params:

@@ -171,3 +171,44 @@ def figure(name: str, rep) -> list[Path]:
     """Train the cells figure `name` reads, draw it, and write its PNG and PDF."""
     rep.train(cells(name))
     return save(_DRAW[name](rep), rep.out, name)
+
+
+# ---------------------------------------------------------------------- a sweep of your own
+
+
+def against(rows: list[dict], axis: str, others: list[str], title: str):
+    """Adjusted loss (± s.e.) against the values of `axis`, one line per combination of
+    the `others` axes; numbers on a numeric scale, anything else (noise settings) in
+    the order of the rows."""
+    plt = pyplot()
+    values = list(dict.fromkeys(r[axis] for r in rows))
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    x = {v: (v if numeric else i) for i, v in enumerate(values)}
+    lines: dict[tuple, list[dict]] = {}
+    for r in rows:
+        lines.setdefault(tuple(r[o] for o in others), []).append(r)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for combo, members in lines.items():
+        label = ", ".join(f"{o}={v}" for o, v in zip(others, combo)) or "adjusted loss"
+        ax.errorbar([x[r[axis]] for r in members], [r["adjusted_loss"] for r in members],
+                    yerr=[r["sem"] for r in members], marker="o", ms=4, capsize=2, label=label)
+    if not numeric:
+        ax.set_xticks(range(len(values)), [str(v) for v in values], rotation=20)
+    if all(r["adjusted_loss"] > 0 for r in rows):
+        ax.set_yscale("log")
+    ax.set_xlabel(axis)
+    ax.set_ylabel("adjusted loss")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    return fig
+
+
+def sweep_figures(rows: list[dict], axes: list[str], out: Path, title: str) -> list[Path]:
+    """One figure per axis of two or more values: the adjusted loss against it."""
+    written = []
+    for axis in axes:
+        if len({repr(r[axis]) for r in rows}) > 1:
+            others = [a for a in axes if a != axis]
+            written += save(against(rows, axis, others, f"{title}: adjusted loss against {axis}"), out,
+                            f"against-{axis}")
+    return written

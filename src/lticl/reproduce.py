@@ -1,10 +1,10 @@
 """`lticl reproduce`: the runs and evaluations behind the paper's Table 1 and Figures 1–7.
 
-Every target names the cells it reads (`experiments.cells`); runs live in
-OUT/runs/<name>-<hash> (see `runs`), so targets share them and a restarted
-reproduction skips finished runs and resumes unfinished ones. Configs that share a
-compiled program (same variant and depth, any noise setting) train side by side in
-one vmapped call. The table is written by `table1`, the figures by `figures`.
+A reproduction is a `sweep.Sweep` over the paper's grid: every target names the
+cells it reads (`experiments.cells`), runs live in OUT/runs/<name>-<hash>, so
+targets share them and a restarted reproduction skips finished runs and resumes
+unfinished ones. Besides a sweep's results table and learning curves it writes its
+own: Table 1 (`table1`) and the figures (`figures`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import defaultdict
-from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -20,91 +19,34 @@ import jax
 import numpy as np
 
 from .config import TrainConfig
-from .devices import device_memory, plan_calls
-from .engine import concat
 from .experiments import BASELINES, budget, budget_config
-from .io import load_npz, read_json
-from .metrics import Evaluation, evaluate, evaluate_baselines, layer_adjusted_losses, tune_baselines
+from .io import read_json
+from .metrics import evaluate, evaluate_baselines, layer_adjusted_losses, tune_baselines
 from .params import Params
 from .noise import Fixed
 from .paper import PAPER_D, PAPER_N
-from .rundir import MODEL, SEEDS, load_seeds, run_name, write_json
-from .runs import EXECUTORS, combine_runs, require_ray, run_groups
-from .selection import heavy_tailed
+from .rundir import write_json
+from .sweep import Sweep, curve_figures, result_row, write_results
 from .tasks import data_key, sample_tasks, stack_chunks, task_chunks
 
 
-class Reproduction:
-    """The runs and evaluations of one `lticl reproduce` call."""
+class Reproduction(Sweep):
+    """The runs and evaluations of one `lticl reproduce` call: a Sweep over the
+    paper's grid, keyed by cell (variant, layers, noise)."""
 
     def __init__(self, out: Path, budget_name: str, seed: int = 0, resume: bool = True,
                  progress: Callable[[str, int, int], None] | None = None, executor: str = "local", **overrides):
         self.plan = budget(budget_name)
-        if executor not in EXECUTORS:
-            raise ValueError(f"unknown executor {executor!r}; expected one of {', '.join(EXECUTORS)}")
-        if executor == "ray":
-            require_ray()
-        self.out, self.budget, self.seed, self.resume = Path(out), budget_name, seed, resume
-        self.executor = executor
-        self.progress = progress or (lambda *a: None)
-        self.overrides = overrides
-        self.metrics: dict[tuple[str, int, str], dict] = {}  # per cell, over its runs (combine_runs)
-        self.runs: dict[tuple[str, int, str], list[tuple[TrainConfig, dict]]] = {}
+        super().__init__(out, resume, progress, executor)
+        self.budget, self.seed, self.overrides = budget_name, seed, overrides
 
     def config(self, variant: str, layers: int, noise: str) -> TrainConfig:
         """A cell's first run."""
         return budget_config(self.budget, variant, layers, noise, seed=self.seed, **self.overrides)
 
-    def directory(self, config: TrainConfig) -> Path:
-        return self.out / "runs" / run_name(config)
-
-    # ------------------------------------------------------------------ training
-
     def train(self, keys: set) -> None:
-        """Train every cell in `keys` not yet trained, grouped by compiled program. A
-        cell with no usable seed, or whose chosen seed has a heavy tail
-        (`selection.heavy_tailed`) on validation or on its tail set, gets a second run
-        of as many new seeds (`first_seed`), chosen among with the first run's seeds
-        on the same validation and tail sets (`runs.combine_runs`)."""
-        self._train([(k, self.config(*k)) for k in sorted(keys - set(self.runs))])
-        tailed = sorted(k for k in keys if len(self.runs[k]) == 1 and self.tailed(k))
-        self._train([(k, replace(self.config(*k), first_seed=self.config(*k).seeds)) for k in tailed],
-                    " (new seeds: heavy tail)")
-
-    def tailed(self, key) -> bool:
-        m = self.metrics[key]
-        d = self.config(*key).d
-        return not m["usable"] or any(heavy_tailed(Evaluation(**m[s][m["seed"]]), d) for s in ("validation", "tail"))
-
-    def _train(self, runs: list[tuple[tuple, TrainConfig]], note: str = "") -> None:
-        programs = defaultdict(list)
-        for key, config in runs:
-            programs[config.program].append((key, config))
-        memory = device_memory()
-        groups = [[members[i] for i in call] for members in programs.values()
-                  for call in plan_calls([c for _, c in members], memory)]
-        jobs = [[(c, self.directory(c)) for _, c in members] for members in groups]
-        labels = [f"[{i + 1}/{len(jobs)}] {job[0][0].variant}-{job[0][0].layers} × {len(job)} settings{note}"
-                  for i, job in enumerate(jobs)]
-        results = run_groups(jobs, self.resume, self.executor,
-                             lambda i, done, total: self.progress(labels[i], done, total))
-        for members, metrics in zip(groups, results):
-            for (key, config), m in zip(members, metrics):
-                self.runs.setdefault(key, []).append((config, m))
-                self.metrics[key] = combine_runs([m for _, m in self.runs[key]], config.d)
-
-    def _chosen_run(self, key) -> TrainConfig:
-        """The run that holds the cell's chosen seed."""
-        seed = self.metrics[key]["seed"]
-        return next(c for c, _ in self.runs[key] if c.first_seed <= seed < c.first_seed + c.seeds)
-
-    def params(self, key) -> Params:
-        """The cell's chosen model."""
-        return load_npz(self.directory(self._chosen_run(key)) / MODEL)
-
-    def seeds(self, key) -> Params:
-        """Every seed of the cell, leading axis in seed order."""
-        return concat([load_seeds(self.directory(c) / SEEDS) for c, _ in self.runs[key]])
+        """Train every cell in `keys` not yet trained (see `Sweep.train`)."""
+        super().train({k: self.config(*k) for k in sorted(keys)})
 
     # ------------------------------------------------------------------ baselines
 
@@ -192,7 +134,11 @@ def reproduce(target: str, rep: Reproduction) -> list[Path]:
                 "config": rep.config("full", 7, "uniform:5").to_dict(), "environment": environment()})
     rep.train(needed)
     written = []
-    if target in ("table1", "all"):
+    if target in ("table1", "all"):  # the whole grid: a sweep's table and curves, then Table 1
+        keys = sorted(needed)
+        written += write_results([result_row(rep, k, dict(zip(("variant", "layers", "noise"), k))) for k in keys],
+                                 rep.out, f"Every cell at budget {rep.budget}: adjusted loss on fresh sequences")
+        written += curve_figures(rep, keys, rep.out / "curves")
         written += write_table1(table1_rows(rep), rep.out, rep.budget)
     for name in FIGURES if target == "all" else [target] if target in FIGURES else []:
         written += figure(name, rep)

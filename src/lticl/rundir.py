@@ -6,6 +6,7 @@
     DIR/seeds.npz         every seed, leading axis K              } training ends,
     DIR/metrics.json      adjusted loss, oracle loss, recoveries… } in this order
     DIR/manifest.json     the config's hash and a SHA-256 of each of the three above, written last
+    DIR/curve.csv         the learning curve (`curves`), a readable export of the checkpoint's losses
 
 A directory is a finished run of a config when its manifest names that config and
 every file it lists is there with its digest. Anything else of ours in a directory
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import jax
@@ -31,8 +33,9 @@ from .provenance import environment
 
 CHECKPOINT, CONFIG, METRICS, MODEL, SEEDS = "checkpoint.npz", "config.json", "metrics.json", "model.npz", "seeds.npz"
 MANIFEST = "manifest.json"
+PREVIOUS = "checkpoint.prev.npz"  # the checkpoint one chunk before (see save_checkpoint)
 RESULTS = (MODEL, SEEDS, METRICS)  # written when training ends, listed in the manifest
-FILES = (CONFIG, CHECKPOINT, *RESULTS, MANIFEST)
+FILES = (CONFIG, CHECKPOINT, PREVIOUS, *RESULTS, MANIFEST)
 METRIC_KEYS = ("adjusted_loss", "seed", "usable", "evaluation", "validation", "tail", "recoveries", "skipped_steps")
 FIX = "pass --force to start over, or choose another --out"
 
@@ -71,6 +74,12 @@ def _leaves(state: TrainState) -> list[np.ndarray]:
 
 
 def save_checkpoint(path: Path, config: TrainConfig, state: TrainState, losses: np.ndarray) -> None:
+    """The state and losses, atomically; the checkpoint that was there becomes PREVIOUS
+    beside it. A group killed between its members' writes stands one chunk apart, and
+    resumes together from the earlier step (`runs.run_group`), as it trained."""
+    path = Path(path)
+    if path.exists():
+        os.replace(path, path.with_name(PREVIOUS))
     arrays = {f"leaf{i}": a for i, a in enumerate(_leaves(state))}
     atomic_write(Path(path), lambda f: np.savez(f, config_hash=np.asarray(config_hash(config)), losses=losses, **arrays))
 
@@ -97,6 +106,12 @@ def load_checkpoint(path: Path, config: TrainConfig) -> tuple[TrainState, np.nda
     if losses.ndim != 2 or losses.shape[0] != config.seeds or losses.dtype.kind != "f":
         raise ValueError(f"{path}: losses of shape {losses.shape}, expected ({config.seeds}, steps); {FIX}")
     return jax.tree.unflatten(treedef, restored), losses
+
+
+def previous_start(directory: Path, config: TrainConfig):
+    """The run's (state, losses) one chunk before its checkpoint, None where none is kept."""
+    previous = Path(directory) / PREVIOUS
+    return load_checkpoint(previous, config) if previous.exists() else None
 
 
 def save_seeds(path: Path, params: Params) -> None:
@@ -174,10 +189,11 @@ def prepare(config: TrainConfig, directory: Path, resume: bool, force: bool = Fa
             finish(directory, config)
         return _finished(directory, config), None
     start = None
-    if (directory / CHECKPOINT).exists():
+    checkpoint = directory / (CHECKPOINT if (directory / CHECKPOINT).exists() else PREVIOUS)
+    if checkpoint.exists():
         if not resume:
             raise ValueError(f"{directory} holds an unfinished run; pass --resume to continue it, or --force to start over")
-        start = load_checkpoint(directory / CHECKPOINT, config)
+        start = load_checkpoint(checkpoint, config)
     else:
         stray = [name for name in RESULTS if (directory / name).exists()]
         if stray:

@@ -17,9 +17,11 @@ from typing import Callable
 import numpy as np
 
 from .config import TrainConfig
+from .curves import CURVE, curve, write_curve
 from .io import save_npz
 from .metrics import Evaluation
-from .rundir import CHECKPOINT, METRICS, MODEL, SEEDS, finish, prepare, save_checkpoint, save_seeds, write_json
+from .rundir import (CHECKPOINT, METRICS, MODEL, SEEDS, finish, prepare, previous_start, save_checkpoint, save_seeds,
+                     write_json)
 from .selection import select_best, tail_limit
 from .train import TrainResult, train_group
 
@@ -71,10 +73,10 @@ def run_group(runs: list[tuple[TrainConfig, Path]], resume: bool = True,
     `rundir.prepare` already returned for each run, so it is not done twice."""
     prepared = prepared or [prepare(c, Path(d), resume, force) for c, d in runs]
     todo = [i for i, (metrics, _) in enumerate(prepared) if metrics is None]
+    _align(runs, prepared, todo)
     by_step: dict[int, list[int]] = {}
     for i in todo:
-        start = prepared[i][1]
-        by_step.setdefault(0 if start is None else start[1].shape[1], []).append(i)
+        by_step.setdefault(_step(prepared[i][1]), []).append(i)
     for members in by_step.values():
         started = time.perf_counter()
 
@@ -90,9 +92,26 @@ def run_group(runs: list[tuple[TrainConfig, Path]], resume: bool = True,
             save_seeds(directory / SEEDS, result.all_params)
             metrics = metrics_of(result, seconds)
             write_json(directory / METRICS, metrics)
+            write_curve(directory / CURVE, curve(runs[i][0], result.losses))
             finish(directory, runs[i][0])
             prepared[i] = (metrics, None)
     return [metrics for metrics, _ in prepared]
+
+
+def _step(start) -> int:
+    return 0 if start is None else start[1].shape[1]
+
+
+def _align(runs, prepared: list, todo: list[int]) -> None:
+    """A group killed between its members' checkpoint writes stands one chunk apart:
+    each member ahead resumes from its previous checkpoint (or its start), so that the
+    group trains in the same calls as an uninterrupted run, bit for bit."""
+    behind = min((_step(prepared[i][1]) for i in todo), default=0)
+    for i in todo:
+        if _step(prepared[i][1]) > behind:
+            previous = previous_start(Path(runs[i][1]), runs[i][0]) if behind else None
+            if _step(previous) == behind:
+                prepared[i] = (None, previous)
 
 
 EXECUTORS = ("local", "ray")

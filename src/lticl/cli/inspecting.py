@@ -149,3 +149,27 @@ def theory(
     else:
         stdout().print(rich_table(rows, TITLES[theorem.value]))
         err.print(f"{time.perf_counter() - started:.1f} s")
+
+
+@app.command()
+def curves(
+    runs: Annotated[list[Path], typer.Argument(help="Run directories (as lticl train, sweep or reproduce write them).")],
+    out: Annotated[Path, typer.Option(help="Where to write the figure: OUT.png and OUT.pdf.")] = Path("curves"),
+) -> None:
+    """Draw the learning curves of runs: training loss per step, one line per seed, rollbacks marked."""
+    from ..curves import curves_figure
+    from ..plotting import save
+    from ..report import rich_table
+    from ..sweep import load_curve
+
+    try:
+        drawn = [(r.resolve().name, load_curve(r)) for r in runs]
+    except ValueError as e:
+        fail(str(e))
+    writable(out.parent if str(out.parent) else Path("."))
+    written = save(curves_figure(drawn, "training loss per step"), out.parent, out.name)
+    rows = [{"run": label, "seed": int(s), "steps": c.loss.shape[1], "last loss": float(c.loss[k][np.isfinite(c.loss[k])][-1])
+             if np.isfinite(c.loss[k]).any() else None, "skipped": int(c.skipped[k].sum()),
+             "rollbacks": int(c.rollbacks[k, -1])} for label, c in drawn for k, s in enumerate(c.seeds)]
+    stdout().print(rich_table(rows, "Learning curves"))
+    err.print(escape(f"wrote {', '.join(str(p) for p in written)}"))

@@ -1,9 +1,11 @@
-"""`lticl baselines`, `lticl train` and `lticl reproduce`."""
+"""`lticl baselines`, `lticl train`, `lticl reproduce` and `lticl sweep`."""
 
 from __future__ import annotations
 
+import csv
 import json
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -216,6 +218,18 @@ def reproduce(
     started = time.perf_counter()
     writable(out)
     announce_backend()
+    written = _run_groups(out, lambda report: run_target(target.value, Reproduction(
+        out, budget.value, seed=seed, progress=report, executor=executor.value, seeds=seeds, steps=steps,
+        batch=batch)))
+    _wrote(written, out, started)
+    table = out / "table1.md"
+    if target.value in ("table1", "all") and table.exists():
+        Console().print(table.read_text().splitlines()[2])
+
+
+def _run_groups(out: Path, work):
+    """`work(report)` under progress bars, `report(label, done, total)` per group;
+    a ValueError or RuntimeError becomes a one-line error."""
     with progress_bar(out, loss=False) as progress:
         bars = {}
 
@@ -225,14 +239,54 @@ def reproduce(
             progress.update(bars[label], completed=done)
 
         try:
-            rep = Reproduction(out, budget.value, seed=seed, progress=report,
-                               executor=executor.value, seeds=seeds, steps=steps, batch=batch)
-            written = run_target(target.value, rep)
+            return work(report)
         except (ValueError, RuntimeError) as e:
             fail(str(e))
-    Console().print(escape(f"wrote {', '.join(p.name for p in written)} to {out} in {time.perf_counter() - started:.0f} s"))
-    table = out / "table1.md"
-    if target.value in ("table1", "all") and table.exists():
-        Console().print(table.read_text().splitlines()[2])
+
+
+def _wrote(written: list[Path], out: Path, started: float) -> None:
+    """One line: the files written in OUT by name, those in its folders counted."""
+    relative = [p.relative_to(out) for p in written]
+    folders = Counter(str(r.parent) for r in relative if r.parent != Path("."))
+    names = [str(r) for r in relative if r.parent == Path(".")] + [f"{f}/ ({k} files)" for f, k in folders.items()]
+    Console().print(escape(f"wrote {', '.join(names)} to {out} in {time.perf_counter() - started:.0f} s"))
+
+
+@app.command()
+def sweep(
+    grid: Annotated[Path, typer.Argument(help="Grid file (TOML): budget, seed, [base] and [grid] of TrainConfig "
+                                              "fields (docs/sweeps.md).")],
+    out: Annotated[Path, typer.Option(help="Output directory (runs are kept in OUT/runs and reused).")],
+    executor: Annotated[Executor, typer.Option(
+        help="local: groups one after another here; ray: each group a Ray task (needs the ray extra of lticl)."
+    )] = Executor.local,
+) -> None:
+    """Train a grid of configs of your own; write its results table, figures and learning curves."""
+    from ..report import rich_table
+    from ..sweep import Sweep, read_grid, run_grid
+
+    started = time.perf_counter()
+    try:
+        parsed = read_grid(grid)
+    except ValueError as e:
+        fail(str(e))
+    writable(out)
+    announce_backend()
+    written = _run_groups(out, lambda report: run_grid(parsed, Sweep(out, progress=report, executor=executor.value)))
+    _wrote(written, out, started)
+    with open(out / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    shown = [{k: _value(v) for k, v in r.items() if k not in ("oracle_loss", "usable", "seconds")} for r in rows]
+    stdout().print(rich_table(shown, "Adjusted loss on fresh sequences (results.csv has every column)"))
+
+
+def _value(text: str):
+    """A CSV cell back as the number it was, where it was one."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
