@@ -106,7 +106,7 @@ def run_curve(directory: Path) -> tuple[TrainConfig, Curve]:
 
 def curves_figure(runs: list[tuple[str, Curve]], title: str):
     """Training loss (log) against step, one line per seed of each (label, curve);
-    an × marks each rollback, at the seed's last loss before it."""
+    an × in the seed's colour marks each rollback, at its last loss before it."""
     from .plotting import pyplot
 
     plt = pyplot()
@@ -124,12 +124,12 @@ def curves_figure(runs: list[tuple[str, Curve]], title: str):
                 last = [c.loss[k, :t][np.isfinite(c.loss[k, :t])][-1:] for t in back]
                 at = [(t + 1, v[0]) for t, v in zip(back, last) if v.size]
                 if at:
-                    ax.plot(*zip(*at), "x", color="tab:red", ms=7, mew=2)
+                    ax.plot(*zip(*at), "x", color=color, ms=7, mew=2)
             i += 1
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("training loss")
     ax.set_title(title)
-    ax.plot([], [], "x", color="tab:red", ms=7, mew=2, label="rollback")
-    ax.legend(fontsize=7, ncol=2 if lines > 8 else 1, loc="upper right")
+    ax.plot([], [], "x", color="0.3", ms=7, mew=2, label="rollback (the seed's colour)")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the curves, never over them
     return fig

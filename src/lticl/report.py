@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import csv
+from pathlib import Path
+
 import numpy as np
 from rich import box
 from rich.markup import escape
@@ -34,3 +37,12 @@ def markdown(rows: list[dict], title: str, columns: list[str] | None = None) -> 
     columns = columns or list(rows[0])
     lines = [title, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     return "\n".join(lines + ["| " + " | ".join(number(r.get(c)) for c in columns) + " |" for r in rows]) + "\n"
+
+
+def write_csv(path: Path, rows: list[dict]) -> Path:
+    """Rows as CSV, the first row's keys as the header, numbers at full precision."""
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return Path(path)

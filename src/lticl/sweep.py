@@ -27,7 +27,6 @@ Any TrainConfig field may be in [base] or [grid]; variant and layers must be in 
 
 from __future__ import annotations
 
-import csv
 import itertools
 import tomllib
 from collections import defaultdict
@@ -38,7 +37,7 @@ from typing import Callable, Hashable
 from .config import TrainConfig
 from .devices import device_memory, plan_calls
 from .engine import concat
-from .experiments import BUDGETS, budget_config
+from .experiments import BUDGETS, LABEL, budget_config
 from .io import load_npz
 from .metrics import Evaluation
 from .params import Params
@@ -136,15 +135,11 @@ def result_row(sweep: Sweep, key, point: dict) -> dict:
 
 def write_results(rows: list[dict], out: Path, title: str) -> list[Path]:
     """OUT/results.csv (full precision) and OUT/results.md (for people)."""
-    from .report import markdown
+    from .report import markdown, write_csv
 
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
     (out / "results.md").write_text(markdown(rows, title))
-    return [out / "results.csv", out / "results.md"]
+    return [write_csv(out / "results.csv", rows), out / "results.md"]
 
 
 # ---------------------------------------------------------------------- grid files
@@ -254,7 +249,7 @@ def curve_figures(sweep: Sweep, keys, out: Path) -> list[Path]:
                   and len({getattr(c, f) for c in configs}) > 1]
         runs = [(", ".join(f"{f}={getattr(sweep.configs[k], f)}" for f in differ) or f"{variant}-{layers}",
                  load_curve(sweep.directory(c))) for k in members for c, _ in sweep.runs[k]]
-        fig = curves_figure(runs, f"{variant.upper()}-{layers}: training loss per step")
+        fig = curves_figure(runs, f"{LABEL[variant]}-{layers}: training loss per step")
         written += save(fig, out, f"curve-{variant}-L{layers}")
     return written
 

@@ -5,11 +5,11 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 from .experiments import BASELINES, DEPTHS, LABEL, SETTINGS, VARIANTS, cells
 from .paper import PAPER_D, PAPER_N, paper_value
+from .report import write_csv
 from .theory import below_bound, linear_bound
 
 
@@ -110,9 +110,5 @@ def markdown(rows: list[dict], budget: str) -> str:
 
 
 def write_table1(rows: list[dict], out: Path, budget: str) -> list[Path]:
-    with open(out / "table1.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
     (out / "table1.md").write_text(markdown(rows, budget))
-    return [out / "table1.csv", out / "table1.md"]
+    return [write_csv(out / "table1.csv", rows), out / "table1.md"]
