@@ -9,7 +9,7 @@ import pytest
 from conftest import N, D, gd_like_params, slow_unless
 from lticl import kernel
 from lticl.config import TrainConfig
-from lticl.engine import init_state, loss_and_grad, run_steps
+from lticl.engine import batch_data, init_state, loss_and_grad, run_steps
 from lticl.metrics import sequence_loss
 from lticl.model import weights
 from lticl.tasks import sample_tasks
@@ -47,7 +47,7 @@ def test_the_engine_objective_matches_its_reference(variant, objective):
     each leaf (float32 parameters; observed ≤ 1e-5)."""
     config = TrainConfig(variant, 3, "uniform:5", batch=256, objective=objective, wide_fraction=0.25)
     state = jax.tree.map(lambda a: a[0], init_state(config))
-    args = (jax.random.key(4), state.atoms, state.count, state.wide)
+    args = (jax.random.key(4), *batch_data(state))
     (l_ref, g_ref), (l_new, g_new) = (jax.jit(loss_and_grad(config, r))(state.params, *args) for r in (True, False))
     assert abs(float(l_new - l_ref)) <= 1e-5 * abs(float(l_ref))
     assert relative_error(g_ref, g_new) <= 1e-3

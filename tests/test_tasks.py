@@ -55,7 +55,7 @@ def test_chunks_are_prefix_stable():
 
 
 def test_data_keys_differ_by_purpose_and_setting():
-    keys = [data_key(0, s, p) for s in ("uniform:1", "uniform:2") for p in ("train", "tune", "evaluation", "tail")]
+    keys = [data_key(0, s, p) for s in ("uniform:1", "uniform:2") for p in ("train", "tune", "evaluation", "tail", "bank")]
     raw = {tuple(np.asarray(jax.random.key_data(k)).ravel()) for k in keys}
     assert len(raw) == len(keys)
     # the same setting written differently is the same stream

@@ -11,7 +11,7 @@ from lticl import baselines as bl
 from lticl.metrics import Evaluation, oracle_loss, sequence_loss
 from lticl.config import TrainConfig
 from lticl.devices import use_cpu_cores
-from lticl.engine import init_state, objective, run_steps
+from lticl.engine import batch_data, init_state, objective, run_steps
 from lticl.inits import gd_init
 from lticl.model import weights
 from lticl.selection import TAIL_KEEP, heavy_tailed, select_best
@@ -78,7 +78,7 @@ def test_the_training_loss_estimates_the_expected_loss_with_or_without_importanc
     params = lticl.Params("diag", config.d, jnp.array([[[0.0, 1.0]]]), jnp.array([[[-eta, 0.0]]]))
     state = jax.tree.map(lambda a: a[0], init_state(config))
     loss = jax.jit(objective(config))
-    batches = np.array([loss(params, jax.random.key(k), state.atoms, state.count, state.wide) for k in range(8)])
+    batches = np.array([loss(params, jax.random.key(k), *batch_data(state)) for k in range(8)])
     expected = lticl.best_one_layer_loss(config.n, config.d, s2)
     assert abs(batches.mean() - expected) < 4 * batches.std(ddof=1) / np.sqrt(len(batches)), (batches, expected)
 

@@ -57,6 +57,14 @@ class TrainConfig:
     # (tasks.mixture_tasks).
     wide_fraction: float = _data(0.0)
     wide_scale: float = _data(2.0)
+    # Stratified batches (engine.stratified_batch): this fraction of each batch is
+    # drawn from the `stratum` sequences with the largest tail score among
+    # `stratum_pool` fresh ones of the training stream, the rest fresh from below
+    # that score, each part weighted by its probability, so the loss stays unbiased.
+    # The bank's size is part of the program; 0 turns stratification off.
+    stratum: int = 0
+    stratum_fraction: float = _data(0.0)
+    stratum_pool: int = _data(1_000_000)
     seed: int = _data(0)
     seeds: int = _data(1)  # trained in parallel; the best on validation data is kept
     # Seeds first_seed … first_seed+seeds−1: a later run of new seeds for a trained
@@ -102,6 +110,16 @@ class TrainConfig:
         if not 0 <= self.wide_fraction < 1 or not self.wide_scale >= 1:
             raise ValueError(f"wide_fraction must be in [0, 1) and wide_scale >= 1, got {self.wide_fraction} "
                              f"and {self.wide_scale}")
+        object.__setattr__(self, "stratum", positive_int(self.stratum, "stratum", minimum=0))
+        object.__setattr__(self, "stratum_pool", positive_int(self.stratum_pool, "stratum_pool"))
+        if self.stratum_fraction != 0 and not (self.stratum and 1 / self.batch <= self.stratum_fraction < 1):
+            raise ValueError(f"stratum_fraction must be 0, or in [1/batch, 1) with stratum > 0, got "
+                             f"{self.stratum_fraction} with stratum {self.stratum}")
+        if self.stratum > self.stratum_pool // 2:
+            raise ValueError(f"stratum ({self.stratum}) must be at most half of stratum_pool ({self.stratum_pool})")
+        if self.stratum_fraction and self.wide_fraction:
+            raise ValueError("stratified batches and wide importance sampling are exclusive; set one of "
+                             "stratum_fraction and wide_fraction to 0")
         if not 0 < self.lr_backoff < 1:
             raise ValueError(f"lr_backoff must be in (0, 1), got {self.lr_backoff}")
         if self.warmup < 0 or not 0 <= self.final_lr_fraction <= 1:

@@ -96,9 +96,10 @@ def device_memory() -> int | None:
 
 def model_bytes(config: TrainConfig) -> int:
     """A generous estimate of one model's device memory in a training step, float32:
-    its batch of sequences and, per layer, the (D, D) matrices the backward pass keeps."""
+    its batch of sequences and, per layer, the (D, D) matrices the backward pass keeps,
+    and the bank of a stratified config."""
     D = config.d + 1
-    return 4 * config.batch * (config.n * D + config.layers * 8 * D * D)
+    return 4 * (config.batch * (config.n * D + config.layers * 8 * D * D) + config.stratum * (config.n + 2) * D)
 
 
 def plan_calls(configs: list[TrainConfig], memory: int | None) -> list[list[int]]:

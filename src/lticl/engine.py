@@ -21,7 +21,7 @@ The data stream goes on, so a model does not meet the same batch again.
 
 from __future__ import annotations
 
-from functools import partial
+from functools import lru_cache, partial
 from typing import TYPE_CHECKING, Callable, NamedTuple
 
 import jax
@@ -36,7 +36,7 @@ from .inits import gd_init, init_params, precondition_init
 from .model import weights
 from .params import Params
 from .noise import as_noise
-from .tasks import data_key, mixture_tasks, sigma_key
+from .tasks import Tasks, data_key, mixture_tasks, sigma_key, tail_score, tail_tasks
 from .theory import best_one_step_size
 
 if TYPE_CHECKING:
@@ -79,6 +79,36 @@ class TrainState(NamedTuple):
     wide: Array  # (wide_fraction, wide_scale): importance sampling of w (tasks.mixture_tasks)
     good_params: Params  # the last parameters whose batch loss passed the check
     good_opt_state: optax.OptState
+    bank: Tasks  # the top stratum's sequences (stratified_batch); one zero sequence where off
+    strata: Array  # (p, fraction, threshold): the stratum's probability, its share of a batch, its score
+
+
+def batch_data(state: TrainState) -> tuple:
+    """What a state's training batches are drawn from, after the key: the arguments
+    of `objective(config)` and `loss_and_grad(config)` after (params, key)."""
+    return state.atoms, state.count, state.wide, state.bank, state.strata
+
+
+@lru_cache(maxsize=16)
+def stratum_bank(seed: int, noise: str, pool: int, keep: int, n: int, d: int) -> tuple[Tasks, float]:
+    """The `keep` sequences with the largest tail score among `pool` fresh ones of the
+    config's own "bank" stream (apart from its training, validation and tail streams),
+    and the smallest of their scores: a sample of the sequences above that score."""
+    bank = tail_tasks(data_key(seed, noise, "bank"), noise, pool, keep, n, d)
+    return bank, float(tail_score(bank)[-1])
+
+
+def _strata(config: TrainConfig) -> tuple[Tasks, Array]:
+    if config.stratum and config.stratum_fraction:
+        bank, threshold = stratum_bank(config.seed, config.noise, config.stratum_pool, config.stratum, config.n,
+                                       config.d)
+        strata = [config.stratum / config.stratum_pool, config.stratum_fraction, threshold]
+    else:  # every sequence is below an infinite threshold, weighted 1
+        size = max(config.stratum, 1)
+        bank = Tasks(jnp.zeros((size, config.n, config.d)), jnp.zeros((size, config.n)), jnp.zeros((size, config.d)),
+                     jnp.zeros(size), jnp.zeros((size, config.d)), jnp.zeros(size))
+        strata = [0.0, 0.0, np.inf]
+    return bank, jnp.asarray(strata, jnp.float32)
 
 
 def concat(trees):
@@ -115,21 +145,46 @@ def init_state(config: TrainConfig) -> TrainState:
     opt = optimizer(config)
     train_key = data_key(config.seed, config.noise, "train")
     atoms, count = noise_atoms(config.noise)
+    bank, strata = _strata(config)
 
     def one(k):
         params = initial_params(config, jax.random.fold_in(jax.random.key(config.seed), k))
         zero, opt_state = jnp.zeros((), jnp.int32), opt.init(params)
         return TrainState(params, opt_state, zero, jnp.ones(()), zero, zero, zero,
                           jax.random.fold_in(train_key, k), jnp.asarray(atoms), jnp.asarray(count, jnp.int32),
-                          jnp.asarray([config.wide_fraction, config.wide_scale], jnp.float32), params, opt_state)
+                          jnp.asarray([config.wide_fraction, config.wide_scale], jnp.float32), params, opt_state,
+                          bank, strata)
 
     return jax.vmap(one)(jnp.arange(config.first_seed, config.first_seed + config.seeds))
 
 
-def _batch(config: TrainConfig, key: Array, atoms: Array, count: Array, wide: Array):
-    """One freshly drawn training batch and its importance weights."""
+def training_batch(config: TrainConfig, key: Array, atoms: Array, count: Array, wide: Array, bank: Tasks,
+                   strata: Array):
+    """One training batch and the weights that keep its mean loss unbiased."""
     sigma = _draw_sigma(sigma_key(key), atoms, count, config.batch)
-    return mixture_tasks(key, sigma, config.n, config.d, wide[0], wide[1])
+    t, weight = mixture_tasks(key, sigma, config.n, config.d, wide[0], wide[1])
+    return stratified_batch(key, t, weight, bank, strata) if config.stratum else (t, weight)
+
+
+def stratified_batch(key: Array, fresh: Tasks, weight: Array, bank: Tasks, strata: Array) -> tuple[Tasks, Array]:
+    """A batch of B whose first m = round(fraction·B) sequences are drawn (with
+    replacement) from the bank of the top stratum, whose probability is p, and whose
+    other sequences are the fresh ones below the stratum's score (a fresh one above it
+    gets weight 0). With weights p·B/m on the first part and (1 − p)·B/(fresh below) on
+    the rest, the weighted mean of any per-sequence loss is an unbiased estimate of
+    its mean over all sequences, E = (1 − p)·E[· | below] + p·E[· | above], and every
+    weight is bounded. `strata` = (p, fraction, threshold); p = 0 gives the fresh
+    batch with weight 1 (then its `weight` is kept)."""
+    p, fraction, threshold = strata[0], strata[1], strata[2]
+    size = fresh.batch
+    m = jnp.round(fraction * size)
+    banked = jnp.arange(size) < m
+    pick = jax.tree.map(lambda a: a[jax.random.randint(jax.random.fold_in(key, 7), (size,), 0, bank.batch)], bank)
+    t = jax.tree.map(lambda a, b: jnp.where(banked.reshape((-1,) + (1,) * (a.ndim - 1)), b.astype(a.dtype), a),
+                     fresh, pick)
+    below = ~banked & (tail_score(fresh) < threshold)
+    stratified = jnp.where(banked, p * size / jnp.maximum(m, 1), (1 - p) * size / jnp.maximum(jnp.sum(below), 1))
+    return t, jnp.where(p > 0, jnp.where(banked | below, stratified, 0.0), weight).astype(weight.dtype)
 
 
 def _loss_of_w(config: TrainConfig, t, weight: Array) -> Callable[[Array], Array]:
@@ -139,26 +194,27 @@ def _loss_of_w(config: TrainConfig, t, weight: Array) -> Callable[[Array], Array
     return lambda w: 0.5 * jnp.mean(weight * (jnp.einsum("bd,bd->b", w, t.x_query) - t.y_query) ** 2)
 
 
-def objective(config: TrainConfig) -> Callable[[Params, Array, Array, Array, Array], Array]:
-    """(params, key, atoms, count, wide) -> mean loss on one freshly drawn batch,
-    importance-weighted where wide = (fraction, scale) has fraction > 0."""
+def objective(config: TrainConfig) -> Callable[..., Array]:
+    """(params, key, *batch_data(state)) -> the weighted mean loss on one training
+    batch (importance-weighted where wide = (fraction, scale) has fraction > 0,
+    stratified where the state's stratum is on)."""
 
-    def loss(params: Params, key: Array, atoms: Array, count: Array, wide: Array) -> Array:
-        t, weight = _batch(config, key, atoms, count, wide)
+    def loss(params: Params, key: Array, *data) -> Array:
+        t, weight = training_batch(config, key, *data)
         return _loss_of_w(config, t, weight)(weights(params, t.x, t.y))
 
     return loss
 
 
 def loss_and_grad(config: TrainConfig, reference: bool = False):
-    """(params, key, atoms, count, wide) -> (the objective's loss, its gradient): by
+    """(params, key, *batch_data(state)) -> (the objective's loss, its gradient): by
     the hand-derived backward pass of `kernel`, or with `reference`, by autodiff
     through `model.weights`. They agree to rounding (tests/test_kernel.py)."""
     if reference:
         return jax.value_and_grad(objective(config))
 
-    def fast(params: Params, key: Array, atoms: Array, count: Array, wide: Array):
-        t, weight = _batch(config, key, atoms, count, wide)
+    def fast(params: Params, key: Array, *data):
+        t, weight = training_batch(config, key, *data)
         return kernel.value_and_grad(params, t.x, t.y, _loss_of_w(config, t, weight))
 
     return fast
@@ -183,7 +239,7 @@ def _run_steps(config: TrainConfig, state: TrainState, steps: int, reference: bo
     where = lambda cond, a, b: jax.tree.map(lambda x, y: jnp.where(cond, x, y), a, b)
 
     def step(s: TrainState, _):
-        loss, grads = value_and_grad(s.params, jax.random.fold_in(s.key, s.step), s.atoms, s.count, s.wide)
+        loss, grads = value_and_grad(s.params, jax.random.fold_in(s.key, s.step), *batch_data(s))
         # The check is of the current parameters: passing it makes them the good state.
         checked = jnp.isfinite(loss) & (loss < config.explode * config.d / 2) & _finite(grads)
         good_params, good_opt = where(checked, (s.params, s.opt_state), (s.good_params, s.good_opt_state))

@@ -42,10 +42,13 @@ FIX = "pass --force to start over, or choose another --out"
 
 def config_hash(config: TrainConfig) -> str:
     """12 hex digits of SHA-256 over the config's canonical JSON. While importance
-    sampling is off (wide_fraction 0) its two fields change nothing, and are left out."""
+    sampling is off (wide_fraction 0) its two fields change nothing, and are left out;
+    so are the stratum's three while it is off (stratum 0)."""
     fields = config.to_dict()
     if fields["wide_fraction"] == 0:
         del fields["wide_fraction"], fields["wide_scale"]
+    if fields["stratum"] == 0:
+        del fields["stratum"], fields["stratum_fraction"], fields["stratum_pool"]
     text = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
