@@ -15,6 +15,7 @@ from conftest import assert_one_line_error, run_cli
 from lticl.config import TrainConfig
 from lticl.curves import curve, read_curve, write_curve
 from lticl.engine import init_state, run_steps, schedule
+from lticl.experiments import budget_fields
 from lticl.sweep import parse_grid
 
 GRID = {"budget": "smoke", "seed": 3, "base": {"d": 3, "n": 8, "steps": 20, "batch": 64, "chunk": 10},
@@ -28,7 +29,7 @@ def test_a_grid_is_the_product_of_its_axes_over_the_budget():
     assert list(configs)[:3] == [("full", 1, "uniform:1"), ("full", 1, "uniform:3"), ("full", 2, "uniform:1")]
     c = configs[("diag", 2, "uniform:3")]
     assert (c.variant, c.layers, c.noise, c.seed, c.d, c.steps) == ("diag", 2, "uniform:3", 3, 3, 20)
-    assert c.validation_sequences == TrainConfig("diag", 2, validation_sequences=2000).validation_sequences  # smoke's
+    assert c.validation_sequences == budget_fields("smoke", "diag", 2)["validation_sequences"]  # the budget's
 
 
 @pytest.mark.parametrize("change, match", [
