@@ -2,7 +2,8 @@
 
 Choices (variants, budgets, targets, theorems, executors) come from the modules
 that define them; the commands parse, call, and print. `training` holds
-baselines, train and reproduce; `inspecting` holds inspect, compare and theory.
+baselines, train, reproduce and sweep; `inspecting` holds inspect, compare, theory
+and curves.
 """
 
 from __future__ import annotations

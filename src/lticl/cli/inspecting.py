@@ -1,5 +1,5 @@
-"""`lticl inspect`, `lticl compare` and `lticl theory`: look inside a model, use it as
-a solver, check the paper's theorems."""
+"""`lticl inspect`, `lticl compare`, `lticl theory` and `lticl curves`: look inside a
+model, use it as a solver, check the paper's theorems, draw how runs learned."""
 
 from __future__ import annotations
 
