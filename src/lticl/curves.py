@@ -90,9 +90,9 @@ def read_curve(path: Path) -> Curve:
                  grid("rollbacks", int))
 
 
-def run_curve(directory: Path) -> tuple[TrainConfig, Curve]:
-    """The config and curve of the run in `directory`, finished or not, from its
-    config.json and checkpoint.npz."""
+def run_curve(directory: Path) -> Curve:
+    """The curve of the run in `directory`, finished or not, from its config.json and
+    checkpoint.npz."""
     directory = Path(directory)
     if not (directory / CONFIG).exists() or not (directory / CHECKPOINT).exists():
         raise ValueError(f"{directory} holds no run with a checkpoint (config.json and checkpoint.npz)")
@@ -101,7 +101,7 @@ def run_curve(directory: Path) -> tuple[TrainConfig, Curve]:
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{directory / CONFIG}: not a run's config ({e})") from None
     _, losses = load_checkpoint(directory / CHECKPOINT, config)
-    return config, curve(config, losses)
+    return curve(config, losses)
 
 
 def curves_figure(runs: list[tuple[str, Curve]], title: str):

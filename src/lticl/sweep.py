@@ -112,15 +112,8 @@ class Sweep:
         """Every seed of the key, leading axis in seed order."""
         return concat([load_seeds(self.directory(c) / SEEDS) for c, _ in self.runs[key]])
 
-    def run_directories(self, key) -> list[Path]:
-        return [self.directory(c) for c, _ in self.runs[key]]
-
 
 # ---------------------------------------------------------------------- results
-
-
-RESULT_COLUMNS = ("adjusted_loss", "sem", "worst", "tail_worst", "oracle_loss", "seed", "seeds", "recoveries",
-                  "usable", "seconds")
 
 
 def result_row(sweep: Sweep, key, point: dict) -> dict:
@@ -228,7 +221,7 @@ def load_curve(directory: Path):
     finished, or trained before curves were written) from its checkpoint."""
     from .curves import CURVE, read_curve, run_curve
 
-    return read_curve(directory / CURVE) if (directory / CURVE).exists() else run_curve(directory)[1]
+    return read_curve(directory / CURVE) if (directory / CURVE).exists() else run_curve(directory)
 
 
 def curve_figures(sweep: Sweep, keys, out: Path) -> list[Path]:
