@@ -24,7 +24,7 @@ import numpy as np
 from .config import TrainConfig
 from .engine import schedule
 from .io import atomic_write
-from .rundir import CHECKPOINT, CONFIG, load_checkpoint
+from .rundir import CHECKPOINT, CONFIG, checkpoint_losses
 
 CURVE = "curve.csv"
 COLUMNS = ("seed", "step", "loss", "lr", "skipped", "rollbacks")
@@ -100,8 +100,7 @@ def run_curve(directory: Path) -> Curve:
         config = TrainConfig(**json.loads((directory / CONFIG).read_text())["config"])
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{directory / CONFIG}: not a run's config ({e})") from None
-    _, losses = load_checkpoint(directory / CHECKPOINT, config)
-    return curve(config, losses)
+    return curve(config, checkpoint_losses(directory / CHECKPOINT, config))
 
 
 def curves_figure(runs: list[tuple[str, Curve]], title: str):

@@ -97,6 +97,7 @@ def load_checkpoint(path: Path, config: TrainConfig) -> tuple[TrainState, np.nda
                          f"this one {config_hash(config)}); {FIX}")
     if sorted(f) != sorted(["config_hash", "losses", *(f"leaf{i}" for i in range(len(leaves)))]):
         raise ValueError(f"{path} does not hold a training state of this library version; {FIX}")
+    losses = _losses(f, path, config)
     restored = []
     for i, like in enumerate(leaves):
         a = f[f"leaf{i}"]
@@ -105,10 +106,26 @@ def load_checkpoint(path: Path, config: TrainConfig) -> tuple[TrainState, np.nda
         elif a.shape != like.shape or a.dtype != like.dtype:
             raise ValueError(f"{path}: leaf {i} has {a.shape} {a.dtype}, expected {like.shape} {like.dtype}; {FIX}")
         restored.append(jax.numpy.asarray(a))
+    return jax.tree.unflatten(treedef, restored), losses
+
+
+def _losses(f: dict, path: Path, config: TrainConfig) -> np.ndarray:
     losses = f["losses"]
     if losses.ndim != 2 or losses.shape[0] != config.seeds or losses.dtype.kind != "f":
         raise ValueError(f"{path}: losses of shape {losses.shape}, expected ({config.seeds}, steps); {FIX}")
-    return jax.tree.unflatten(treedef, restored), losses
+    return losses
+
+
+def checkpoint_losses(path: Path, config: TrainConfig) -> np.ndarray:
+    """The loss history (seeds, steps done) of a checkpoint of this config, whatever
+    version of the training state it holds beside (a learning curve needs no more)."""
+    per_seed = max(config.steps, max(config.stratum, 1) * config.n * (config.d + 1),
+                   2 * config.layers * config.heads * (config.d + 1) ** 2)  # the losses, the bank, P and Q
+    f = read_arrays(path, config.seeds * per_seed)
+    if "config_hash" not in f or str(f["config_hash"]) != config_hash(config):
+        raise ValueError(f"{path} belongs to another configuration (hash {f.get('config_hash')}, "
+                         f"this one {config_hash(config)})")
+    return _losses(f, path, config)
 
 
 def previous_start(directory: Path, config: TrainConfig):
