@@ -77,3 +77,28 @@ def test_compare_cli_runs_the_suite(tmp_path, key):
     assert rows["diabetes (n=40)"]["ols"] < rows["diabetes (n=20)"]["ols"]
     # on the training n, the rescaled variant is the model itself
     assert rows["uniform:2, n=20"]["model"] == rows["uniform:2, n=20"]["model, G·n₀/n"]
+
+
+def test_compare_cli_sets_models_side_by_side_on_a_grid(tmp_path, key):
+    """Two models (plain and normalised) on an n × σ grid of adjusted losses: one row
+    per (σ, n); the oracle's adjusted loss would be 0, so every solver's is ≥ 0 up to
+    rounding, OLS is exactly 0 on noiseless problems with n ≥ d, and the normalised
+    GD start improves from n = 10 to n = 80 while the plain one does not."""
+    plain = lticl.gd_init(key, "diag", 3, 10, 1, 1 / 31, 0.0)
+    norm = lticl.gd_init(key, "diag", 3, 10, 1, 10 / 21, 0.0)  # the step of n = 10, on G/n
+    norm = type(norm)(norm.variant, norm.d, norm.p, norm.q, normalised=True)
+    paths = [lticl.save_npz(plain, tmp_path / "plain" / "model.npz"), lticl.save_npz(norm, tmp_path / "norm.npz")]
+    r = run_cli("compare", *paths, "--n", "10", "--n", "80", "--sigma", "0", "--sigma", "2", "--adjusted",
+                "--problems", "300", "--format", "json")
+    assert r.returncode == 0, r.stderr
+    rows = {row["problems"]: row for row in json.loads(r.stdout)}
+    assert set(rows) == {f"σ = {s}, n={n}" for s in (0, 2) for n in (10, 80)}
+    for name, row in rows.items():
+        assert {"plain", "norm", "ols", "tunedrr"} <= set(row) and "plain, G·n₀/n" not in row
+        assert row["norm"] >= -1e-9 and row["plain"] >= -1e-9, name
+    assert abs(rows["σ = 0, n=80"]["ols"]) < 1e-9
+    for s in (0, 2):
+        assert rows[f"σ = {s}, n=80"]["norm"] < rows[f"σ = {s}, n=10"]["norm"]
+        assert rows[f"σ = {s}, n=80"]["plain"] > rows[f"σ = {s}, n=10"]["plain"]
+    r = run_cli("compare", paths[0], "--adjusted")
+    assert r.returncode == 2 and "--adjusted needs --n or --sigma" in r.stderr

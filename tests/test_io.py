@@ -77,3 +77,15 @@ def test_not_an_npz(tmp_path):
     (tmp_path / "x.npz").write_text("hello")
     with pytest.raises(ValueError, match="not a readable .npz"):
         lticl.load_npz(tmp_path / "x.npz")
+
+
+def test_a_file_whose_flags_say_encrypted_is_refused_by_name(tmp_path):
+    """zipfile raises RuntimeError for a member flagged as encrypted; the reader says
+    which file is damaged instead (found by tests/test_fuzz.py)."""
+    path = lticl.save_npz(lticl.gd_init(jax.random.key(0), "diag", 2, 3), tmp_path / "m.npz")
+    data = bytearray(path.read_bytes())
+    central = data.index(b"PK\x01\x02")
+    data[central + 8] |= 1  # general purpose flag bit 0: encrypted
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="m.npz: not a readable .npz file, or a damaged one"):
+        lticl.load_npz(path)

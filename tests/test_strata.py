@@ -43,7 +43,7 @@ def test_the_stratified_objective_is_unbiased_for_the_one_layer_loss():
     # the stratified batch does hold the top stratum: its tail scores are far higher
     state = init_state(strat)
     data = jax.tree.map(lambda a: a[0], batch_data(state))
-    t, weight = training_batch(strat, jax.random.key(1), *data)
+    t, weight, _ = training_batch(strat, jax.random.key(1), *data)
     scores = np.asarray(tail_score(t))
     m = round(0.25 * strat.batch)
     threshold = float(data[-1][2])

@@ -28,12 +28,12 @@ from .params import Params, check_params, full_matrices
 Solver = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
-def _matrices(model) -> tuple[np.ndarray, np.ndarray]:
+def _matrices(model) -> tuple[np.ndarray, np.ndarray, bool]:
     if isinstance(model, (str, os.PathLike)):
         model = load_npz(model)
     check_params(model)
     P, Q = (np.asarray(a, np.float64) for a in full_matrices(model))
-    return P, Q
+    return P, Q, model.normalised
 
 
 def algorithm(model: Params | str | os.PathLike, trained_n: int | None = None) -> Solver:
@@ -42,12 +42,15 @@ def algorithm(model: Params | str | os.PathLike, trained_n: int | None = None) -
     X (n, d) and y (n,) give w (d,); stacked problems X (B, n, d), y (B, n) give (B, d).
     Its prediction for a query x is <w, x>, exactly the model's ŷ = −y_query.
 
-    A model's ω are tuned to the size of G at the n it was trained on, and G grows
-    with n. With `trained_n` set, G is first scaled by trained_n / n (the sums
-    become trained_n × averages), a variant that the model itself is not."""
-    P, Q = _matrices(model)
+    A plain model's ω are tuned to the size of G at the n it was trained on, and G
+    grows with n. With `trained_n` set, G is first scaled by trained_n / n (the sums
+    become trained_n × averages), a variant that the model itself is not. A
+    normalised model (Params.normalised) divides G by n itself."""
+    P, Q, normalised = _matrices(model)
     if trained_n is not None and (int(trained_n) != trained_n or trained_n < 1):
         raise ValueError(f"trained_n must be a positive integer, got {trained_n}")
+    if trained_n is not None and normalised:
+        raise ValueError("the model is normalised (it divides G by n itself); trained_n rescales plain models only")
     D = P.shape[-1]
     d = D - 1
 
@@ -62,8 +65,8 @@ def algorithm(model: Params | str | os.PathLike, trained_n: int | None = None) -
             raise ValueError("X and y must be finite (no NaN or infinity)")
         Z = np.concatenate([X, y[..., None]], axis=-1)
         G = np.einsum("bni,bnj->bij", Z, Z)
-        if trained_n is not None:
-            G *= trained_n / X.shape[1]
+        if trained_n is not None or normalised:
+            G *= (trained_n or 1) / X.shape[1]
         moved = np.broadcast_to(np.eye(D), G.shape).copy()  # T^{l-1}⋯T^0
         with np.errstate(over="ignore", invalid="ignore"):  # a diverging model gives inf/nan, not warnings
             for P_l, Q_l in zip(P, Q):
@@ -183,28 +186,48 @@ def baseline_solvers(noise, layers: int, n: int = PAPER_N, d: int = PAPER_D, tun
     }
 
 
-def compare(solvers: dict[str, Solver], problem_sets: list[ProblemSet]) -> list[dict]:
+def compare(solvers: dict[str, Solver], problem_sets: list[ProblemSet], adjusted: bool = False) -> list[dict]:
     """One row per problem set: mean loss, its standard error and the median for each
-    solver (and the oracle's mean where σ is known); nan marks a method that does not apply (ADARR
-    and TUNEDRR need n > d)."""
+    solver (and the oracle's mean where σ is known); nan marks a method that does not
+    apply (ADARR and TUNEDRR need n > d). `adjusted`: every loss less the oracle's on
+    the same problem (Table 1's adjusted loss), for sets whose σ is known only."""
     import jax
 
     from . import baselines
 
+    if adjusted and any(ps.sigma is None for ps in problem_sets):
+        raise ValueError("the adjusted loss needs problems of known σ (synthetic ones); "
+                         f"{next(ps.name for ps in problem_sets if ps.sigma is None)} has none")
     rows = []
     for ps in problem_sets:
         row = {"problems": ps.name, "n": int(ps.x.shape[1]), "count": int(ps.x.shape[0])}
+        oracle = None
+        if ps.sigma is not None:
+            with jax.enable_x64(True):
+                oracle = ps.losses(np.asarray(baselines.oracle(ps.x, ps.y, ps.sigma)))
         for name, solve in solvers.items():
             v = ps.losses(solve(ps.x, ps.y))
             with np.errstate(over="ignore", invalid="ignore"):
+                v = v - oracle if adjusted else v
                 row[name] = float(np.mean(v))
                 row[f"{name} sem"] = float(np.std(v, ddof=1) / math.sqrt(v.size)) if v.size > 1 else float("nan")
                 row[f"{name} median"] = float(np.median(v))
-        if ps.sigma is not None:
-            with jax.enable_x64(True):
-                row["oracle"] = float(np.mean(ps.losses(np.asarray(baselines.oracle(ps.x, ps.y, ps.sigma)))))
+        if oracle is not None:
+            row["oracle"] = float(np.mean(oracle))
         rows.append(row)
     return rows
+
+
+def grid_problem_sets(ns: list[int], sigmas: list[float] | None, noise, d: int = PAPER_D, problems: int = 2000,
+                      seed: int = 2) -> list[ProblemSet]:
+    """Synthetic problems at every n of `ns` and every fixed σ of `sigmas` (σ drawn
+    from `noise` where `sigmas` is None), each set from its own seed."""
+    from .noise import as_noise
+
+    noises = [as_noise(noise)] if sigmas is None else [as_noise(f"fixed:{s:g}") for s in sigmas]
+    return [synthetic_problems(f"{'σ = ' + format(z.sigma_max, 'g') if sigmas is not None else z.spec}, n={n}", z,
+                               problems, n, d, seed + 100 * i + j)
+            for i, z in enumerate(noises) for j, n in enumerate(ns)]
 
 
 def default_problem_sets(noise, d: int = PAPER_D, problems: int = 2000, seed: int = 2, with_data: bool = True) -> list[ProblemSet]:

@@ -21,6 +21,18 @@ from .paper import PAPER_D, PAPER_N
 from .tasks import positive_int
 
 OBJECTIVES = ("query_averaged", "sampled_query")
+
+
+def parse_n(text: str) -> tuple[int, int]:
+    """"20" -> (20, 20); "10..100" -> (10, 100): the smallest and largest context length."""
+    parts = str(text).strip().split("..")
+    try:
+        low, high = (int(parts[0]), int(parts[-1])) if len(parts) <= 2 else (None, None)
+    except ValueError:
+        low = high = None
+    if low is None or not 1 <= low <= high:
+        raise ValueError(f"n must be a positive integer or a range a..b with 1 <= a <= b, got {text!r}")
+    return low, high
 # n × (d + 1) numbers per sequence at most: evaluations draw sequences in chunks of
 # tasks.CHUNK, and this keeps a chunk's context near 2 GiB in float32.
 MAX_CONTEXT = 2**16
@@ -38,7 +50,13 @@ class TrainConfig:
     noise: str = _data("uniform:5")
     heads: int = 1
     d: int = PAPER_D
+    # Context points per sequence; "a..b" (or n=b with n_min=a) trains on a range:
+    # each training sequence has a number of points drawn uniformly from a..b, padded
+    # to b and masked (model.context). Validation, tail and evaluation sets use n = b.
     n: int = PAPER_N
+    n_min: int = 0  # 0: every sequence has n points
+    # Attention normalised by the context length, G/n in place of G (Params.normalised).
+    normalised: bool = False
     steps: int = 2000
     batch: int = 2048
     lr: float = 3e-3  # peak of warmup + cosine decay
@@ -87,12 +105,25 @@ class TrainConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "variant", canonical_variant(self.variant))
+        if isinstance(self.n, str):
+            n_min, n = parse_n(self.n)
+            object.__setattr__(self, "n", n)
+            object.__setattr__(self, "n_min", n_min if n_min < n else 0)
         object.__setattr__(self, "noise", as_noise(self.noise).spec)
         noise_atoms(self.noise)  # raises for noise that training cannot draw
         for name in ("layers", "heads", "d", "n", "steps", "batch", "seeds", "chunk", "patience", "max_recoveries",
                      "validation_sequences", "evaluation_sequences", "tail_sequences"):
             object.__setattr__(self, name, positive_int(getattr(self, name), name))
         object.__setattr__(self, "first_seed", positive_int(self.first_seed, "first_seed", minimum=0))
+        object.__setattr__(self, "n_min", positive_int(self.n_min, "n_min", minimum=0))
+        if self.n_min > self.n:
+            raise ValueError(f"n_min ({self.n_min}) must be at most n ({self.n})")
+        if self.n_min == self.n:
+            object.__setattr__(self, "n_min", 0)
+        if not isinstance(self.normalised, bool):
+            raise ValueError(f"normalised must be true or false, got {self.normalised!r}")
+        if self.n_min and self.stratum:
+            raise ValueError("stratified batches need one context length; set stratum to 0 or n to one value")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {self.objective!r}; expected one of {', '.join(OBJECTIVES)}")
         if self.init not in INITS:
@@ -124,6 +155,11 @@ class TrainConfig:
             raise ValueError(f"lr_backoff must be in (0, 1), got {self.lr_backoff}")
         if self.warmup < 0 or not 0 <= self.final_lr_fraction <= 1:
             raise ValueError("warmup must be >= 0 and final_lr_fraction in [0, 1]")
+
+    @property
+    def context_lengths(self) -> tuple[int, int]:
+        """The smallest and largest number of context points of a training sequence."""
+        return (self.n_min or self.n), self.n
 
     def to_dict(self) -> dict:
         return asdict(self)

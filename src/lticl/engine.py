@@ -21,6 +21,7 @@ The data stream goes on, so a model does not meet the same batch again.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import lru_cache, partial
 from typing import TYPE_CHECKING, Callable, NamedTuple
 
@@ -36,7 +37,7 @@ from .inits import gd_init, init_params, precondition_init
 from .model import weights
 from .params import Params
 from .noise import as_noise
-from .tasks import Tasks, data_key, mixture_tasks, sigma_key, tail_score, tail_tasks
+from .tasks import Tasks, data_key, draw_lengths, mixture_tasks, sigma_key, tail_score, tail_tasks
 from .theory import best_one_step_size
 
 if TYPE_CHECKING:
@@ -128,14 +129,23 @@ def optimizer(config: TrainConfig) -> optax.GradientTransformation:
 
 
 def initial_params(config: TrainConfig, key: Array) -> Params:
-    """One model's start, as config.init says."""
+    """One model's start, as config.init says. GD and preconditioned starts are built
+    for one context length: the largest of a plain model's range (its smallest
+    steps), the smallest of a normalised model's, whose parameters then carry a factor
+    √n (Params.normalised), so that the start is stable at every length trained on."""
     if config.init == "random":
-        return init_params(key, config.variant, config.layers, config.d, config.heads, config.init_scale)
-    eta = best_one_step_size(config.n, config.d, as_noise(config.noise).second_moment)
+        params = init_params(key, config.variant, config.layers, config.d, config.heads, config.init_scale)
+        return replace(params, normalised=config.normalised)
+    n = config.context_lengths[0] if config.normalised else config.n
+    eta = best_one_step_size(n, config.d, as_noise(config.noise).second_moment)
     if config.init == "precondition":
-        return precondition_init(key, config.variant, config.layers, config.d, config.n, config.heads, eta,
-                                 scale=config.init_scale)
-    return gd_init(key, config.variant, config.layers, config.d, config.heads, eta, config.init_scale)
+        params = precondition_init(key, config.variant, config.layers, config.d, n, config.heads, eta,
+                                   scale=config.init_scale)
+    else:
+        params = gd_init(key, config.variant, config.layers, config.d, config.heads, eta, config.init_scale)
+    if not config.normalised:
+        return params
+    return Params(params.variant, params.d, params.p * n**0.5, params.q * n**0.5, normalised=True)
 
 
 def init_state(config: TrainConfig) -> TrainState:
@@ -160,10 +170,12 @@ def init_state(config: TrainConfig) -> TrainState:
 
 def training_batch(config: TrainConfig, key: Array, atoms: Array, count: Array, wide: Array, bank: Tasks,
                    strata: Array):
-    """One training batch and the weights that keep its mean loss unbiased."""
+    """One training batch, the weights that keep its mean loss unbiased, and the
+    sequences' context lengths (None where every sequence has config.n points)."""
     sigma = _draw_sigma(sigma_key(key), atoms, count, config.batch)
     t, weight = mixture_tasks(key, sigma, config.n, config.d, wide[0], wide[1])
-    return stratified_batch(key, t, weight, bank, strata) if config.stratum else (t, weight)
+    lengths = draw_lengths(key, config.batch, *config.context_lengths) if config.n_min else None
+    return (*(stratified_batch(key, t, weight, bank, strata) if config.stratum else (t, weight)), lengths)
 
 
 def stratified_batch(key: Array, fresh: Tasks, weight: Array, bank: Tasks, strata: Array) -> tuple[Tasks, Array]:
@@ -200,8 +212,8 @@ def objective(config: TrainConfig) -> Callable[..., Array]:
     stratified where the state's stratum is on)."""
 
     def loss(params: Params, key: Array, *data) -> Array:
-        t, weight = training_batch(config, key, *data)
-        return _loss_of_w(config, t, weight)(weights(params, t.x, t.y))
+        t, weight, lengths = training_batch(config, key, *data)
+        return _loss_of_w(config, t, weight)(weights(params, t.x, t.y, lengths))
 
     return loss
 
@@ -214,8 +226,8 @@ def loss_and_grad(config: TrainConfig, reference: bool = False):
         return jax.value_and_grad(objective(config))
 
     def fast(params: Params, key: Array, *data):
-        t, weight = training_batch(config, key, *data)
-        return kernel.value_and_grad(params, t.x, t.y, _loss_of_w(config, t, weight))
+        t, weight, lengths = training_batch(config, key, *data)
+        return kernel.value_and_grad(params, t.x, t.y, _loss_of_w(config, t, weight), lengths)
 
     return fast
 

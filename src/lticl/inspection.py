@@ -18,7 +18,7 @@ from jax import Array
 
 from . import baselines
 from .metrics import Evaluation, per_layer_profile
-from .model import check_batch, gram, implicit_state, layer_grams
+from .model import check_batch, context, gram, implicit_state, layer_grams
 from .params import OMEGA_NAMES, Params, check_params, diag_matrix, full_matrices, omegas
 from .params import head_omegas as model_head_omegas
 from .noise import Fixed, as_noise
@@ -70,7 +70,8 @@ def nearest_diag(params: Params) -> Params:
     (itself, up to the GD++ q_y = 0, for DIAG/GD++ models)."""
     check_params(params)
     P, Q = (np.asarray(a, np.float64) for a in full_matrices(params))
-    return Params("diag", params.d, jnp.asarray(np.stack(diagonal_part(P), -1)), jnp.asarray(np.stack(diagonal_part(Q), -1)))
+    return Params("diag", params.d, jnp.asarray(np.stack(diagonal_part(P), -1)), jnp.asarray(np.stack(diagonal_part(Q), -1)),
+                  params.normalised)
 
 
 def head_omegas(params: Params) -> np.ndarray:
@@ -187,7 +188,7 @@ MOMENTUM_SUMMARIES = ("effective_step", "step", "rescaling", "momentum_ratio", "
 def _momentum_terms(params: Params, x: Array, y: Array) -> dict[str, Array]:
     d = params.d
     st = implicit_state(params, x, y)
-    G, _ = layer_grams(params, gram(x, y))  # G^l for l = 0..L-1
+    G, _ = layer_grams(params, gram(*context(params, x, y)))  # G^l for l = 0..L-1, as the layers see them
     M, u, a, w = st.M[:-1], st.u[:-1], st.a[:-1], st.w[:-1]
     Sigma, alpha, lam = G[0, :, :d, :d], G[0, :, :d, d], G[0, :, d, d]
     w_ols = baselines.ols(x, y)  # normal equations hold, so Σ_i r_i x_i = 0

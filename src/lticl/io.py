@@ -4,7 +4,9 @@ file it reads goes through: they fail with a ValueError that names the file.
 
 A model file holds `P` and `Q` as full arrays of shape (L, H, d+1, d+1) in the
 convention of docs/math.md §2 (e_i ← e_i + Σ_k P_k G Q_k e_i, prediction −y_query), DIAG and GD++
-expanded to full matrices, and `variant` as a plain string. Loading never
+expanded to full matrices, and `variant` as a plain string; a model whose attention
+is normalised by the context length (G/n in place of G) also holds `normalised`, a
+boolean that is False where absent. Loading never
 unpickles and checks that DIAG/GD++ matrices really have their structure.
 """
 
@@ -93,8 +95,9 @@ def read_arrays(path: str | os.PathLike, max_elements: int) -> dict[str, np.ndar
     except ValueError as e:
         raise ValueError(f"{path}: not a readable .npz file ({e})") from None
     # zipfile raises NotImplementedError for a damaged header that names an unknown
-    # zip version or compression method.
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, KeyError, NotImplementedError) as e:
+    # zip version or compression method, and RuntimeError for one whose flags say
+    # the member is encrypted.
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, KeyError, NotImplementedError, RuntimeError) as e:
         raise ValueError(f"{path}: not a readable .npz file, or a damaged one ({e or type(e).__name__})") from None
 
 
@@ -116,10 +119,12 @@ def read_json(path: str | os.PathLike, keys: tuple[str, ...] = ()) -> dict:
 
 
 def save_npz(params: Params, path: str | os.PathLike) -> Path:
-    """Write `params` to `path` atomically."""
+    """Write `params` to `path` atomically, creating its directory if need be."""
     check_params(params)
+    writable_directory(Path(path).parent)
     P, Q = (np.asarray(a) for a in full_matrices(params))
-    return atomic_write(path, lambda f: np.savez(f, P=P, Q=Q, variant=np.asarray(params.variant)))
+    extra = {"normalised": np.asarray(True)} if params.normalised else {}
+    return atomic_write(path, lambda f: np.savez(f, P=P, Q=Q, variant=np.asarray(params.variant), **extra))
 
 
 def _structured(variant: str, P: np.ndarray, Q: np.ndarray, path) -> tuple[np.ndarray, np.ndarray]:
@@ -162,9 +167,13 @@ def load_npz(path: str | os.PathLike) -> Params:
             raise ValueError(f"{path}: {name} holds non-finite values")
     if P.shape != Q.shape:
         raise ValueError(f"{path}: P {P.shape} and Q {Q.shape} must have the same shape")
+    normalised = f.get("normalised", np.asarray(False))
+    if normalised.shape != () or normalised.dtype != bool:
+        raise ValueError(f"{path}: 'normalised' must be a single boolean, got dtype {normalised.dtype} "
+                         f"shape {normalised.shape}")
     d = P.shape[-1] - 1
     p, q = (P, Q) if variant == "full" else _structured(variant, P, Q, path)
     try:
-        return check_params(Params(variant, d, jnp.asarray(p), jnp.asarray(q)))
+        return check_params(Params(variant, d, jnp.asarray(p), jnp.asarray(q), bool(normalised)))
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None

@@ -15,12 +15,14 @@ eleven times over (docs/log/2026-12-02-kernel.md).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 from jax import Array
 
+from .model import context
 from .params import Params, full_matrices
 
 
@@ -72,7 +74,7 @@ def _mixer(params: Params, o: _Ops):
                 dG = dG + o.left(P[h].T, R)
             return (jnp.stack(dP), jnp.stack(dQ)), dG
 
-        return (params.p, params.q), mix, adjoint, lambda d: Params(params.variant, params.d, *d)
+        return (params.p, params.q), mix, adjoint, lambda d: replace(params, p=d[0], q=d[1])
 
     # DIAG and GD++: Σ_k P_k G Q_k = M ⊙ G with one (D, D) mask per layer.
     def mask(prm):
@@ -87,10 +89,13 @@ def _mixer(params: Params, o: _Ops):
     return masks, lambda m, G: m[:, :, None] * G, adjoint, lambda d: to_params(d)[0]
 
 
-def value_and_grad(params: Params, x: Array, y: Array, loss_of_w: Callable[[Array], Array]) -> tuple[Array, Params]:
+def value_and_grad(params: Params, x: Array, y: Array, loss_of_w: Callable[[Array], Array],
+                   lengths: Array | None = None) -> tuple[Array, Params]:
     """loss_of_w(w^L) for context x (B, n, d), y (B, n), and its gradient in params:
-    equal to jax.value_and_grad of loss_of_w(model.weights(params, x, y)) to rounding."""
+    equal to jax.value_and_grad of loss_of_w(model.weights(params, x, y, lengths)) to
+    rounding."""
     B, _, d = x.shape
+    x, y = context(params, x, y, lengths)
     e = jnp.transpose(jnp.concatenate([x, y[..., None]], axis=-1), (2, 1, 0))  # (D, n, B)
     G0 = jnp.einsum("inb,jnb->ijb", e, e)
     o = _Ops(jnp.sign(jnp.abs(G0) + 1))  # ones (inf included) that XLA cannot fold, not a broadcast

@@ -12,6 +12,10 @@ and the prediction is ŷ = −y_query after the last layer. The forms, all exact
             and G^{l+1} = T^l G^l T^lᵀ; O(d³) per layer after the first G.
 - "omega":  DIAG/GD++ only, the closed form of docs/math.md §3.
 
+A normalised model (Params.normalised) divides every sum over the context by its
+number of points, G/n in place of G; `context` applies that, and the `lengths` of
+contexts of different sizes padded into one batch, before any form runs.
+
 `implicit_state` gives the per-layer linear regressor (M^l, u^l, a^l, w^l) of
 docs/math.md §4, with ŷ after layer l equal to <w^l, x_query>. The parameters
 themselves are `params.Params`; initial ones come from `inits`.
@@ -185,8 +189,25 @@ def _implicit(params: Params, x, y) -> ImplicitState:
 # at the top level, where its own jit compiles it once per shape.
 
 
-def check_batch(x, y, x_query=None, d: int | None = None) -> None:
-    """Raise ValueError unless x (B, n, d), y (B, n)[, x_query (B, d)] agree."""
+def context(params: Params, x: Array, y: Array, lengths: Array | None = None) -> tuple[Array, Array]:
+    """The context (x, y) as the layers see it. With `lengths` (B,), sequence b is its
+    first lengths[b] points: the rest are zeroed, and a zero token adds nothing to any
+    sum over the context and stays zero through every layer, so the padded sequence
+    is exactly the short one. For a normalised model every point is divided by √n_b
+    (n_b its number of points), so that every sum over the context becomes its mean."""
+    if lengths is not None:
+        keep = jnp.arange(x.shape[1]) < lengths[:, None]
+        x, y = jnp.where(keep[..., None], x, 0), jnp.where(keep, y, 0)
+    if params.normalised:
+        count = jnp.full(x.shape[:1], x.shape[1], x.dtype) if lengths is None else lengths.astype(x.dtype)
+        scale = jax.lax.rsqrt(count)
+        x, y = x * scale[:, None, None], y * scale[:, None]
+    return x, y
+
+
+def check_batch(x, y, x_query=None, d: int | None = None, lengths=None) -> None:
+    """Raise ValueError unless x (B, n, d), y (B, n)[, x_query (B, d)][, lengths (B,)
+    of integers in 1..n, checked where they are known outside a trace] agree."""
     xs, ys = jnp.shape(x), jnp.shape(y)
     if len(xs) != 3:
         raise ValueError(f"x must have shape (B, n, d), got {xs}")
@@ -198,36 +219,44 @@ def check_batch(x, y, x_query=None, d: int | None = None) -> None:
         raise ValueError(f"the model was built for d = {d} but x has d = {xs[2]}")
     if min(xs) < 1:
         raise ValueError(f"x must be non-empty in every axis, got shape {xs}")
+    if lengths is not None:
+        if jnp.shape(lengths) != xs[:1] or not jnp.issubdtype(jnp.result_type(lengths), jnp.integer):
+            raise ValueError(f"lengths must be integers of shape (B,) = {xs[:1]}, got {jnp.result_type(lengths)} "
+                             f"of shape {jnp.shape(lengths)}")
+        if not isinstance(lengths, jax.core.Tracer) and not (1 <= jnp.min(lengths) and jnp.max(lengths) <= xs[1]):
+            raise ValueError(f"lengths must be in 1..n = 1..{xs[1]}, got {jnp.min(lengths)}..{jnp.max(lengths)}")
 
 
-def predict(params: Params, x: Array, y: Array, x_query: Array, form: str = "gram") -> Array:
-    """ŷ (B,) for context x (B, n, d), y (B, n) and query x_query (B, d)."""
+def predict(params: Params, x: Array, y: Array, x_query: Array, form: str = "gram",
+            lengths: Array | None = None) -> Array:
+    """ŷ (B,) for context x (B, n, d), y (B, n) and query x_query (B, d); `lengths`
+    (B,): sequence b is its first lengths[b] context points (`context`)."""
     check_params(params)
     if form not in FORMS:
         raise ValueError(f"unknown form {form!r}; expected one of {', '.join(FORMS)}")
     if form == "omega" and params.variant == "full":
         raise ValueError("form 'omega' exists for the diag and gdpp variants only")
-    check_batch(x, y, x_query, params.d)
-    return _predict(params, x, y, x_query, form)
+    check_batch(x, y, x_query, params.d, lengths)
+    return _predict(params, x, y, x_query, form, lengths)
 
 
 @partial(jax.jit, static_argnames="form")
-def _predict(params, x, y, x_query, form):
-    return _FORWARD[form](params, x, y, x_query)
+def _predict(params, x, y, x_query, form, lengths):
+    return _FORWARD[form](params, *context(params, x, y, lengths), x_query)
 
 
 @jax.jit
-def implicit_state(params: Params, x: Array, y: Array) -> ImplicitState:
+def implicit_state(params: Params, x: Array, y: Array, lengths: Array | None = None) -> ImplicitState:
     """(M, u, a, w) for layers 0..L, each with leading axis L+1, then the batch axis."""
     check_params(params)
-    check_batch(x, y, d=params.d)
-    return _implicit(params, x, y)
+    check_batch(x, y, d=params.d, lengths=lengths)
+    return _implicit(params, *context(params, x, y, lengths))
 
 
 @jax.jit
-def weights(params: Params, x: Array, y: Array) -> Array:
+def weights(params: Params, x: Array, y: Array, lengths: Array | None = None) -> Array:
     """w^L (B, d): the model's prediction is exactly <w^L, x_query>. Equal to
     implicit_state(...).w[-1], by a cheaper route (the training objective's)."""
     check_params(params)
-    check_batch(x, y, d=params.d)
-    return _final_weights(params, x, y)
+    check_batch(x, y, d=params.d, lengths=lengths)
+    return _final_weights(params, *context(params, x, y, lengths))

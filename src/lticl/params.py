@@ -6,7 +6,7 @@ Shapes: D = d + 1, L layers, H heads.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 import jax
@@ -34,7 +34,7 @@ def canonical_variant(variant: str) -> str:
     return v
 
 
-@partial(jax.tree_util.register_dataclass, data_fields=["p", "q"], meta_fields=["variant", "d"])
+@partial(jax.tree_util.register_dataclass, data_fields=["p", "q"], meta_fields=["variant", "d", "normalised"])
 @dataclass(frozen=True)
 class Params:
     """Parameters of an L-layer, H-head linear transformer on d-dimensional inputs.
@@ -44,12 +44,18 @@ class Params:
     gdpp: p = (p_x, p_y) (L, H, 2), q = (q_x,)     (L, H, 1)
 
     Leading batch axes (seeds, sweeps) may precede these shapes under vmap.
+
+    normalised: every sum over the context is divided by its number of points n,
+    G/n in place of G (attention normalised by the context length); False is the
+    paper's model. A normalised model with parameters (√n·p, √n·q) predicts exactly
+    what the plain model with (p, q) predicts at that n.
     """
 
     variant: str
     d: int
     p: Array
     q: Array
+    normalised: bool = False
 
     @property
     def layers(self) -> int:
@@ -76,6 +82,8 @@ def check_params(params: Params) -> Params:
         want = f"p of shape (L, H, {np_}) and q of shape (L, H, {nq})"
     if not ok:
         raise ValueError(f"{variant} parameters need {want}; got p {p}, q {q}")
+    if not isinstance(params.normalised, bool):
+        raise ValueError(f"normalised must be True or False, got {params.normalised!r}")
     if p[0] < 1 or p[1] < 1:
         raise ValueError(f"parameters need L >= 1 layers and H >= 1 heads; got shape {p}")
     check_size(p[0], p[1], d)
@@ -95,7 +103,7 @@ def truncate(params: Params, layers: int) -> Params:
     check_params(params)
     if not 1 <= int(layers) <= params.layers:
         raise ValueError(f"can truncate to 1..{params.layers} layers, not {layers}")
-    return Params(params.variant, params.d, params.p[: int(layers)], params.q[: int(layers)])
+    return replace(params, p=params.p[: int(layers)], q=params.q[: int(layers)])
 
 
 

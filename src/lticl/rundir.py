@@ -43,12 +43,16 @@ FIX = "pass --force to start over, or choose another --out"
 def config_hash(config: TrainConfig) -> str:
     """12 hex digits of SHA-256 over the config's canonical JSON. While importance
     sampling is off (wide_fraction 0) its two fields change nothing, and are left out;
-    so are the stratum's three while it is off (stratum 0)."""
+    so are the stratum's three while it is off (stratum 0), and n_min and normalised
+    at their defaults (0, False)."""
     fields = config.to_dict()
     if fields["wide_fraction"] == 0:
         del fields["wide_fraction"], fields["wide_scale"]
     if fields["stratum"] == 0:
         del fields["stratum"], fields["stratum_fraction"], fields["stratum_pool"]
+    for name, default in (("n_min", 0), ("normalised", False)):
+        if fields[name] == default:
+            del fields[name]
     text = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
@@ -137,13 +141,15 @@ def previous_start(directory: Path, config: TrainConfig):
 def save_seeds(path: Path, params: Params) -> None:
     """Every seed's parameters, stacked on a leading axis, in the library's own layout."""
     atomic_write(Path(path), lambda f: np.savez(f, variant=np.asarray(params.variant), d=np.asarray(params.d),
-                                                p=np.asarray(params.p), q=np.asarray(params.q)))
+                                                p=np.asarray(params.p), q=np.asarray(params.q),
+                                                normalised=np.asarray(params.normalised)))
 
 
 def load_seeds(path: Path) -> Params:
     f = read_arrays(path, 10**8)
     try:
-        params = Params(str(f["variant"]), int(f["d"]), jax.numpy.asarray(f["p"]), jax.numpy.asarray(f["q"]))
+        params = Params(str(f["variant"]), int(f["d"]), jax.numpy.asarray(f["p"]), jax.numpy.asarray(f["q"]),
+                        bool(f.get("normalised", False)))
         check_params(jax.tree.map(lambda a: a[0], params))
     except (KeyError, TypeError, ValueError, IndexError) as e:
         raise ValueError(f"{path}: not the seeds of a run ({e})") from None

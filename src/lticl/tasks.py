@@ -25,7 +25,7 @@ from .noise import NoiseLike, as_noise
 # the total: 100k evaluation sequences are a prefix of 1M.
 CHUNK = 8192
 
-_STREAM = {"w": 0, "x": 1, "sigma": 2, "xi": 3, "query": 4}
+_STREAM = {"w": 0, "x": 1, "sigma": 2, "xi": 3, "query": 4, "length": 5}
 
 
 class Tasks(NamedTuple):
@@ -78,6 +78,12 @@ def _stream(key: Array, name: str) -> Array:
 def sigma_key(key: Array) -> Array:
     """The key from which `sample_tasks(key, ...)` draws σ (for samplers of σ elsewhere)."""
     return _stream(key, "sigma")
+
+
+def draw_lengths(key: Array, batch: int, low: int, high: int) -> Array:
+    """Context lengths (batch,), each uniform on low..high, on the key's own stream
+    (the sequences' other draws are unchanged by it)."""
+    return jax.random.randint(_stream(key, "length"), (batch,), low, high + 1)
 
 
 @partial(jax.jit, static_argnums=(2, 3))

@@ -88,32 +88,71 @@ def inspect(
         err.print(escape(f"wrote {', '.join(written)} to {out}"))
 
 
+def _model_labels(paths: list[Path]) -> list[str]:
+    """Column names for models side by side: "model" for one, else each file's run
+    directory (or file name), or longer names where those repeat."""
+    if len(paths) == 1:
+        return ["model"]
+    for name in (lambda p: p.parent.name if p.name == "model.npz" and p.parent.name else p.stem, _label, str):
+        labels = [name(p) for p in paths]
+        if len(set(labels)) == len(labels):
+            return labels
+    raise typer.BadParameter("the same model file is given twice", param_hint="MODEL")
+
+
 @app.command()
 def compare(
-    model: ModelArgument,
+    model: Annotated[list[Path], typer.Argument(help="One or more model.npz files (as written by lticl train), "
+                                                     "compared side by side.")],
     noise: Annotated[str, typer.Option(help="The noise the model was trained on (tunes TUNEDRR and GD, sets the held-out σ).")] = "uniform:5",
     problems: Annotated[int, typer.Option(min=2, help="Problems per held-out set.")] = 2000,
-    trained_n: Annotated[int, typer.Option(min=1, help="The n the model was trained on (for the rescaled variant).")] = PAPER_N,
+    trained_n: Annotated[Optional[int], typer.Option(
+        min=1, help=f"The n a plain model was trained on: adds its variant with G scaled by n₀/n (default for one "
+                    f"plain model: {PAPER_N}), and tunes the baselines there.")] = None,
+    n: Annotated[Optional[list[int]], typer.Option(
+        "--n", min=1, help="Synthetic problems at these n (repeat the option) instead of the default suite.")] = None,
+    sigma: Annotated[Optional[list[float]], typer.Option(
+        min=0.0, help="Synthetic problems at these fixed σ (repeat), at each --n (default n: 20).")] = None,
+    adjusted: Annotated[bool, typer.Option(help="Report the adjusted loss: less the oracle's on the same problem "
+                                                "(synthetic problems, with --n or --sigma).")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the held-out problems.")] = 2,
     format: FormatOption = Format.table,
     out: Annotated[Optional[Path], typer.Option(help="Also write compare.json and compare.md here.")] = None,
 ) -> None:
-    """The model's learned algorithm as a solver, against OLS, ADARR, TUNEDRR and GD on held-out problems."""
-    from ..algorithm import algorithm, baseline_solvers, compare as run_compare, default_problem_sets, require_data
+    """Models' learned algorithms as solvers, against OLS, ADARR, TUNEDRR and GD on held-out problems."""
+    from ..algorithm import (algorithm, baseline_solvers, compare as run_compare, default_problem_sets,
+                             grid_problem_sets, require_data)
     from ..report import markdown, rich_table
 
-    params = load_model(model, out)
+    models = [load_model(m, out) for m in model]
+    if adjusted and not (n or sigma):
+        fail("--adjusted needs --n or --sigma: the default suite holds the diabetes problems, which have no oracle")
+    if len({p.d for p in models}) > 1:
+        fail(f"the models have different d ({', '.join(str(p.d) for p in models)}); compare models of one d")
+    d, layers = models[0].d, max(p.layers for p in models)
+    n0 = trained_n or (PAPER_N if len(models) == 1 else None)
+    solvers = {}
     try:
-        if params.d == 10:  # the diabetes problems need the data extra; say so before any work
-            require_data()
-        solvers = {"model": algorithm(params), "model, G·n₀/n": algorithm(params, trained_n),
-                   **baseline_solvers(noise, params.layers, trained_n, params.d)}
-        rows = run_compare(solvers, default_problem_sets(noise, params.d, problems, seed))
+        for label, params in zip(_model_labels(model), models):
+            solvers[label] = algorithm(params)
+            if n0 is not None and not params.normalised:
+                solvers[f"{label}, G·n₀/n"] = algorithm(params, n0)
+        if n or sigma:
+            sets = grid_problem_sets(n or [PAPER_N], sigma, noise, d, problems, seed)
+        else:
+            if d == 10:  # the diabetes problems need the data extra; say so before any work
+                require_data()
+            sets = default_problem_sets(noise, d, problems, seed)
+        solvers |= baseline_solvers(noise, layers, n0 or PAPER_N, d)
+        rows = run_compare(solvers, sets, adjusted)
     except ValueError as e:
         fail(str(e))
-    title = (f"{model}: mean loss on held-out problems (synthetic: ½‖ŵ − w‖²; diabetes: ½ mean squared error on "
-             f"the points left out, standardised target); n₀ = {trained_n}")
-    columns = ["problems", *solvers, "model median", "oracle"]  # the median shows when a mean is a tail
+    what = ("adjusted loss (less the oracle's on each problem), synthetic: ½‖ŵ − w‖²" if adjusted else
+            "loss on held-out problems (synthetic: ½‖ŵ − w‖²; diabetes: ½ mean squared error on the points left "
+            "out, standardised target)")
+    title = f"{', '.join(map(str, model))}: mean {what}" + (f"; n₀ = {n0}" if n0 is not None else "")
+    medians = [f"{m} median" for m in solvers if m in _model_labels(model)]  # the median shows when a mean is a tail
+    columns = ["problems", *solvers, *medians, "oracle"]
     if format is Format.json:
         print(json.dumps(rows, indent=2))
     else:

@@ -165,7 +165,9 @@ def train(
     batch: Annotated[Optional[int], typer.Option(min=1, help="Sequences per step. [budget]")] = None,
     objective: Annotated[Optional[str], typer.Option(help="query_averaged (exact) or sampled_query (the paper's). [budget]")] = None,
     init: Annotated[Optional[str], typer.Option(help="gd, precondition (preconditioning layers, then the big GD step) or random. [budget]")] = None,
-    n: N_OPTION = PAPER_N,
+    n: Annotated[str, typer.Option("--n", help="Context points per sequence, or a range a..b to train on "
+                                   "(each sequence's n drawn uniformly; evaluated at b).")] = str(PAPER_N),
+    normalised: Annotated[bool, typer.Option(help="Attention normalised by the context length (G/n).")] = False,
     d: D_OPTION = PAPER_D,
     sequences: Annotated[Optional[int], typer.Option(min=1, help="Evaluation sequences for the reported loss. [budget]")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the checkpoint in --out (or reuse its finished result).")] = False,
@@ -177,7 +179,8 @@ def train(
     from ..runs import run
 
     try:
-        config = budget_config(budget.value, variant.value, layers, noise, heads=heads, d=d, n=n, steps=steps,
+        config = budget_config(budget.value, variant.value, layers, noise, heads=heads, d=d, n=n,
+                               normalised=normalised or None, steps=steps,
                                batch=batch, lr=lr, objective=objective, init=init, seed=seed, seeds=seeds,
                                evaluation_sequences=sequences)
     except ValueError as e:
