@@ -70,8 +70,7 @@ def nearest_diag(params: Params) -> Params:
     (itself, up to the GD++ q_y = 0, for DIAG/GD++ models)."""
     check_params(params)
     P, Q = (np.asarray(a, np.float64) for a in full_matrices(params))
-    return Params("diag", params.d, jnp.asarray(np.stack(diagonal_part(P), -1)), jnp.asarray(np.stack(diagonal_part(Q), -1)),
-                  params.normalised)
+    return Params("diag", params.d, *(jnp.asarray(np.stack(diagonal_part(M), -1)) for M in (P, Q)), params.normalised)
 
 
 def head_omegas(params: Params) -> np.ndarray:
