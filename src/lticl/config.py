@@ -22,6 +22,11 @@ from .tasks import positive_int
 
 OBJECTIVES = ("query_averaged", "sampled_query")
 
+# n × (d + 1) numbers per sequence at most: evaluations draw sequences in chunks of
+# tasks.CHUNK, and this keeps a chunk's context near 2 GiB in float32.
+MAX_CONTEXT = 2**16
+INITS = ("gd", "precondition", "random")
+
 
 def parse_n(text: str) -> tuple[int, int]:
     """"20" -> (20, 20); "10..100" -> (10, 100): the smallest and largest context length."""
@@ -33,10 +38,6 @@ def parse_n(text: str) -> tuple[int, int]:
     if low is None or not 1 <= low <= high:
         raise ValueError(f"n must be a positive integer or a range a..b with 1 <= a <= b, got {text!r}")
     return low, high
-# n × (d + 1) numbers per sequence at most: evaluations draw sequences in chunks of
-# tasks.CHUNK, and this keeps a chunk's context near 2 GiB in float32.
-MAX_CONTEXT = 2**16
-INITS = ("gd", "precondition", "random")
 
 
 def _data(default):
@@ -108,7 +109,7 @@ class TrainConfig:
         if isinstance(self.n, str):
             n_min, n = parse_n(self.n)
             object.__setattr__(self, "n", n)
-            object.__setattr__(self, "n_min", n_min if n_min < n else 0)
+            object.__setattr__(self, "n_min", n_min)  # 0 below where n_min == n
         object.__setattr__(self, "noise", as_noise(self.noise).spec)
         noise_atoms(self.noise)  # raises for noise that training cannot draw
         for name in ("layers", "heads", "d", "n", "steps", "batch", "seeds", "chunk", "patience", "max_recoveries",

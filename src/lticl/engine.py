@@ -145,7 +145,7 @@ def initial_params(config: TrainConfig, key: Array) -> Params:
         params = gd_init(key, config.variant, config.layers, config.d, config.heads, eta, config.init_scale)
     if not config.normalised:
         return params
-    return Params(params.variant, params.d, params.p * n**0.5, params.q * n**0.5, normalised=True)
+    return replace(params, p=params.p * n**0.5, q=params.q * n**0.5, normalised=True)
 
 
 def init_state(config: TrainConfig) -> TrainState:
