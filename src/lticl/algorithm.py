@@ -224,10 +224,9 @@ def grid_problem_sets(ns: list[int], sigmas: list[float] | None, noise, d: int =
     from `noise` where `sigmas` is None), each set from its own seed."""
     from .noise import as_noise
 
-    noises = [as_noise(noise)] if sigmas is None else [as_noise(f"fixed:{s:g}") for s in sigmas]
-    return [synthetic_problems(f"{'σ = ' + format(z.sigma_max, 'g') if sigmas is not None else z.spec}, n={n}", z,
-                               problems, n, d, seed + 100 * i + j)
-            for i, z in enumerate(noises) for j, n in enumerate(ns)]
+    noises = {as_noise(noise).spec: noise} if sigmas is None else {f"σ = {s:g}": f"fixed:{s:g}" for s in sigmas}
+    return [synthetic_problems(f"{name}, n={n}", z, problems, n, d, seed + 100 * i + j)
+            for i, (name, z) in enumerate(noises.items()) for j, n in enumerate(ns)]
 
 
 def default_problem_sets(noise, d: int = PAPER_D, problems: int = 2000, seed: int = 2, with_data: bool = True) -> list[ProblemSet]:

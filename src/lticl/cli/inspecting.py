@@ -131,9 +131,9 @@ def compare(
         fail(f"the models have different d ({', '.join(str(p.d) for p in models)}); compare models of one d")
     d, layers = models[0].d, max(p.layers for p in models)
     n0 = trained_n or (PAPER_N if len(models) == 1 else None)
-    solvers = {}
+    labels, solvers = _model_labels(model), {}
     try:
-        for label, params in zip(_model_labels(model), models):
+        for label, params in zip(labels, models):
             solvers[label] = algorithm(params)
             if n0 is not None and not params.normalised:
                 solvers[f"{label}, G·n₀/n"] = algorithm(params, n0)
@@ -151,7 +151,7 @@ def compare(
             "loss on held-out problems (synthetic: ½‖ŵ − w‖²; diabetes: ½ mean squared error on the points left "
             "out, standardised target)")
     title = f"{', '.join(map(str, model))}: mean {what}" + (f"; n₀ = {n0}" if n0 is not None else "")
-    medians = [f"{m} median" for m in solvers if m in _model_labels(model)]  # the median shows when a mean is a tail
+    medians = [f"{m} median" for m in labels]  # the median shows when a mean is a tail
     columns = ["problems", *solvers, *medians, "oracle"]
     if format is Format.json:
         print(json.dumps(rows, indent=2))
