@@ -1,6 +1,7 @@
 """lticl.algorithm: the learned algorithm as a NumPy solver, and `lticl compare`."""
 
 import json
+from dataclasses import replace
 
 import jax
 import jax.numpy as jnp
@@ -86,7 +87,7 @@ def test_compare_cli_sets_models_side_by_side_on_a_grid(tmp_path, key):
     GD start improves from n = 10 to n = 80 while the plain one does not."""
     plain = lticl.gd_init(key, "diag", 3, 10, 1, 1 / 31, 0.0)
     norm = lticl.gd_init(key, "diag", 3, 10, 1, 10 / 21, 0.0)  # the step of n = 10, on G/n
-    norm = type(norm)(norm.variant, norm.d, norm.p, norm.q, normalised=True)
+    norm = replace(norm, normalised=True)
     paths = [lticl.save_npz(plain, tmp_path / "plain" / "model.npz"), lticl.save_npz(norm, tmp_path / "norm.npz")]
     r = run_cli("compare", *paths, "--n", "10", "--n", "80", "--sigma", "0", "--sigma", "2", "--adjusted",
                 "--problems", "300", "--format", "json")
