@@ -1,4 +1,4 @@
-"""Stratified training batches (engine.stratified_batch): the top stratum of the tail
+"""Stratified training batches (tasks.stratified_batch): the top stratum of the tail
 score on purpose, weighted so that the objective stays unbiased."""
 
 import jax

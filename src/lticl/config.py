@@ -76,7 +76,7 @@ class TrainConfig:
     # (tasks.mixture_tasks).
     wide_fraction: float = _data(0.0)
     wide_scale: float = _data(2.0)
-    # Stratified batches (engine.stratified_batch): this fraction of each batch is
+    # Stratified batches (tasks.stratified_batch): this fraction of each batch is
     # drawn from the `stratum` sequences with the largest tail score among
     # `stratum_pool` fresh ones of the training stream, the rest fresh from below
     # that score, each part weighted by its probability, so the loss stays unbiased.
@@ -89,6 +89,11 @@ class TrainConfig:
     # Seeds first_seed … first_seed+seeds−1: a later run of new seeds for a trained
     # config (its seeds 0 … first_seed−1), with the same data, validation and tail sets.
     first_seed: int = _data(0)
+    # A continuation: the name of a finished run in the same runs folder whose final
+    # seeds are this run's start, in place of `init`, with a fresh optimiser state and
+    # schedule; its seeds first_seed … give it data streams of its own. "" for none.
+    # (rundir.prepare loads the seeds.)
+    continues: str = _data("")
     chunk: int = 100  # steps per compiled call (and per checkpoint and progress report)
     lr_backoff: float = 0.5
     # A batch loss above explode × d/2 (d/2: the loss of predicting 0) is a failed step.
@@ -117,6 +122,9 @@ class TrainConfig:
             object.__setattr__(self, name, positive_int(getattr(self, name), name))
         object.__setattr__(self, "first_seed", positive_int(self.first_seed, "first_seed", minimum=0))
         object.__setattr__(self, "n_min", positive_int(self.n_min, "n_min", minimum=0))
+        if not isinstance(self.continues, str) or any(c in self.continues for c in "/\\") or \
+                self.continues in (".", ".."):
+            raise ValueError(f"continues must be the name of a run directory, got {self.continues!r}")
         if self.n_min > self.n:
             raise ValueError(f"n_min ({self.n_min}) must be at most n ({self.n})")
         if self.n_min == self.n:

@@ -22,7 +22,7 @@ The data stream goes on, so a model does not meet the same batch again.
 from __future__ import annotations
 
 from dataclasses import replace
-from functools import lru_cache, partial
+from functools import partial
 from typing import TYPE_CHECKING, Callable, NamedTuple
 
 import jax
@@ -37,7 +37,7 @@ from .inits import gd_init, init_params, precondition_init
 from .model import weights
 from .params import Params
 from .noise import as_noise
-from .tasks import Tasks, data_key, draw_lengths, mixture_tasks, sigma_key, tail_score, tail_tasks
+from .tasks import Tasks, data_key, draw_lengths, mixture_tasks, sigma_key, stratified_batch, stratum_bank
 from .theory import best_one_step_size
 
 if TYPE_CHECKING:
@@ -90,15 +90,6 @@ def batch_data(state: TrainState) -> tuple:
     return state.atoms, state.count, state.wide, state.bank, state.strata
 
 
-@lru_cache(maxsize=16)
-def stratum_bank(seed: int, noise: str, pool: int, keep: int, n: int, d: int) -> tuple[Tasks, float]:
-    """The `keep` sequences with the largest tail score among `pool` fresh ones of the
-    config's own "bank" stream (apart from its training, validation and tail streams),
-    and the smallest of their scores: a sample of the sequences above that score."""
-    bank = tail_tasks(data_key(seed, noise, "bank"), noise, pool, keep, n, d)
-    return bank, float(tail_score(bank)[-1])
-
-
 def _strata(config: TrainConfig) -> tuple[Tasks, Array]:
     if config.stratum and config.stratum_fraction:
         bank, threshold = stratum_bank(config.seed, config.noise, config.stratum_pool, config.stratum, config.n,
@@ -136,36 +127,73 @@ def initial_params(config: TrainConfig, key: Array) -> Params:
     if config.init == "random":
         params = init_params(key, config.variant, config.layers, config.d, config.heads, config.init_scale)
         return replace(params, normalised=config.normalised)
-    n = config.context_lengths[0] if config.normalised else config.n
-    eta = best_one_step_size(n, config.d, as_noise(config.noise).second_moment)
+    n, eta = _start_step(config)
     if config.init == "precondition":
         params = precondition_init(key, config.variant, config.layers, config.d, n, config.heads, eta,
                                    scale=config.init_scale)
     else:
         params = gd_init(key, config.variant, config.layers, config.d, config.heads, eta, config.init_scale)
+    return _normalised(config, params, n)
+
+
+def _start_step(config: TrainConfig) -> tuple[int, float]:
+    """(n, η): the context length a start is built for, and the best one-step size there."""
+    n = config.context_lengths[0] if config.normalised else config.n
+    return n, best_one_step_size(n, config.d, as_noise(config.noise).second_moment)
+
+
+def _normalised(config: TrainConfig, params: Params, n: int) -> Params:
+    """A start built for n points as the model config.normalised says (parameters × √n)."""
     if not config.normalised:
         return params
     return replace(params, p=params.p * n**0.5, q=params.q * n**0.5, normalised=True)
 
 
-def init_state(config: TrainConfig) -> TrainState:
+# A layer added on top of a trained model (`grown`) is a GD step of this fraction of
+# the best single step: small enough to keep the model where it was, stable at once.
+GROWN_STEP = 0.1
+
+
+def grown(config: TrainConfig, stacked: Params) -> Params:
+    """K stacked (config.layers − 1)-layer models with one GD layer added on top
+    (GROWN_STEP of the best one-step size, perturbed as config.init_scale says): a
+    config.layers-layer start that predicts almost what the shallower models did."""
+    n, eta = _start_step(config)
+    top = gd_init(jax.random.key(config.seed), config.variant, 1, config.d, config.heads, GROWN_STEP * eta,
+                  config.init_scale, stacked.p.dtype)
+    top, k = _normalised(config, top, n), stacked.p.shape[0]
+    add = lambda a, b: jnp.concatenate([a, jnp.broadcast_to(b.astype(a.dtype), (k, *b.shape))], axis=1)
+    return replace(stacked, p=add(stacked.p, top.p), q=add(stacked.q, top.q))
+
+
+def init_state(config: TrainConfig, start: Params | None = None) -> TrainState:
     """K = config.seeds fresh states stacked on a leading axis; seed k (first_seed …
     first_seed+K−1) uses fold_in(key(seed), k) for its initialisation and its own
-    data stream."""
+    data stream. `start`: K stacked models to begin from in place of config.init
+    (a continuation), with a fresh optimiser state."""
     opt = optimizer(config)
     train_key = data_key(config.seed, config.noise, "train")
     atoms, count = noise_atoms(config.noise)
     bank, strata = _strata(config)
+    seeds = jnp.arange(config.first_seed, config.first_seed + config.seeds)
+    if start is not None:
+        like = jax.eval_shape(lambda: initial_params(config, jax.random.key(0)))
+        if jax.tree.structure(start) != jax.tree.structure(like) or any(
+                a.shape != (config.seeds, *b.shape) for a, b in zip(jax.tree.leaves(start), jax.tree.leaves(like))):
+            raise ValueError(f"a start of {config.seeds} {config.variant}-{config.layers} models (d={config.d}) "
+                             f"was expected, got {start.variant} parameters of shapes "
+                             f"{[a.shape for a in jax.tree.leaves(start)]}")
+        start = jax.tree.map(lambda a, b: jnp.asarray(a, b.dtype), start, like)
 
-    def one(k):
-        params = initial_params(config, jax.random.fold_in(jax.random.key(config.seed), k))
+    def one(k, begin=None):
+        params = initial_params(config, jax.random.fold_in(jax.random.key(config.seed), k)) if begin is None else begin
         zero, opt_state = jnp.zeros((), jnp.int32), opt.init(params)
         return TrainState(params, opt_state, zero, jnp.ones(()), zero, zero, zero,
                           jax.random.fold_in(train_key, k), jnp.asarray(atoms), jnp.asarray(count, jnp.int32),
                           jnp.asarray([config.wide_fraction, config.wide_scale], jnp.float32), params, opt_state,
                           bank, strata)
 
-    return jax.vmap(one)(jnp.arange(config.first_seed, config.first_seed + config.seeds))
+    return jax.vmap(one)(seeds) if start is None else jax.vmap(one)(seeds, start)
 
 
 def training_batch(config: TrainConfig, key: Array, atoms: Array, count: Array, wide: Array, bank: Tasks,
@@ -176,27 +204,6 @@ def training_batch(config: TrainConfig, key: Array, atoms: Array, count: Array, 
     t, weight = mixture_tasks(key, sigma, config.n, config.d, wide[0], wide[1])
     lengths = draw_lengths(key, config.batch, *config.context_lengths) if config.n_min else None
     return (*(stratified_batch(key, t, weight, bank, strata) if config.stratum else (t, weight)), lengths)
-
-
-def stratified_batch(key: Array, fresh: Tasks, weight: Array, bank: Tasks, strata: Array) -> tuple[Tasks, Array]:
-    """A batch of B whose first m = round(fraction·B) sequences are drawn (with
-    replacement) from the bank of the top stratum, whose probability is p, and whose
-    other sequences are the fresh ones below the stratum's score (a fresh one above it
-    gets weight 0). With weights p·B/m on the first part and (1 − p)·B/(fresh below) on
-    the rest, the weighted mean of any per-sequence loss is an unbiased estimate of
-    its mean over all sequences, E = (1 − p)·E[· | below] + p·E[· | above], and every
-    weight is bounded. `strata` = (p, fraction, threshold); p = 0 gives the fresh
-    batch with weight 1 (then its `weight` is kept)."""
-    p, fraction, threshold = strata[0], strata[1], strata[2]
-    size = fresh.batch
-    m = jnp.round(fraction * size)
-    banked = jnp.arange(size) < m
-    pick = jax.tree.map(lambda a: a[jax.random.randint(jax.random.fold_in(key, 7), (size,), 0, bank.batch)], bank)
-    t = jax.tree.map(lambda a, b: jnp.where(banked.reshape((-1,) + (1,) * (a.ndim - 1)), b.astype(a.dtype), a),
-                     fresh, pick)
-    below = ~banked & (tail_score(fresh) < threshold)
-    stratified = jnp.where(banked, p * size / jnp.maximum(m, 1), (1 - p) * size / jnp.maximum(jnp.sum(below), 1))
-    return t, jnp.where(p > 0, jnp.where(banked | below, stratified, 0.0), weight).astype(weight.dtype)
 
 
 def _loss_of_w(config: TrainConfig, t, weight: Array) -> Callable[[Array], Array]:

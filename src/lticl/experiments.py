@@ -22,6 +22,9 @@ class Budget:
     overrides: tuple = ()  # (variants, depths, fields), applied in order where both match
     profile_sequences: int = 10_000  # fresh sequences per point of a σ or layer profile
     profile_points: int = 17  # σ values of a per-variance profile
+    # TrainConfig fields of the run that continues a cell whose chosen model misses
+    # Table 1's rule on validation and its tail set (Reproduction.continuation); None: none.
+    continuation: dict | None = None
 
 
 # From GD's start, GD++ and DIAG settle in worse local optima on low-noise data;
@@ -37,7 +40,8 @@ BUDGETS: dict[str, Budget] = {
     "laptop": Budget(
         dict(steps=2000, batch=512, seeds=1),
         # DIAG-7 needs more steps to reach the paper's uniform:5 number on fresh data.
-        overrides=(*PRECONDITIONED, (("diag",), (7,), dict(steps=4000)))),
+        overrides=(*PRECONDITIONED, (("diag",), (7,), dict(steps=4000))),
+        continuation=dict(steps=2000, lr=1e-3)),
     # For one GPU: the paper's batch, the laptop recipe's schedule and starts, ten
     # times its sequences per model in 2,048-sequence steps, two seeds. Defined, not
     # yet measured on a device (docs/training.md).

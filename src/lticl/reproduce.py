@@ -27,6 +27,7 @@ from .noise import Fixed
 from .paper import PAPER_D, PAPER_N
 from .rundir import write_json
 from .sweep import Sweep, curve_figures, result_row, write_results
+from .table1 import training_verdict
 from .tasks import data_key, sample_tasks, stack_chunks, task_chunks
 
 
@@ -43,6 +44,28 @@ class Reproduction(Sweep):
     def config(self, variant: str, layers: int, noise: str) -> TrainConfig:
         """A cell's first run."""
         return budget_config(self.budget, variant, layers, noise, seed=self.seed, **self.overrides)
+
+    def continuation(self, key) -> TrainConfig | None:
+        """A cell whose chosen model misses Table 1's rule on validation or its tail
+        set (`table1.training_verdict`; the evaluation set is never read) trains on
+        with the budget's `continuation` fields, from its own chosen model or, where
+        that of the same variant one layer shallower is tame and has the lower mean on
+        the same validation sequences, from that one grown by a layer. A GD++ cell
+        whose paper value lies below the bound is not continued."""
+        m = self.metrics[key]
+        if not self.plan.continuation:
+            return None
+        v = training_verdict(*key, m["validation"][m["seed"]], m["tail"][m["seed"]], self.configs[key].tail_sequences,
+                             self.seed)
+        if v in ("within", "bound"):
+            return None
+        variant, layers, noise = key
+        below = (variant, layers - 1, noise)
+        mean = lambda k: self.metrics[k]["validation"][self.metrics[k]["seed"]]["mean"] if self.metrics[k]["usable"] \
+            else np.inf
+        if below in self.metrics and not self.tailed(below) and mean(below) < mean(key):
+            return self.continued(key, below, **self.plan.continuation)
+        return self.continued(key, **self.plan.continuation) if m["usable"] else None
 
     def train(self, keys: set) -> None:
         """Train every cell in `keys` not yet trained (see `Sweep.train`)."""

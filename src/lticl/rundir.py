@@ -26,7 +26,7 @@ import jax
 import numpy as np
 
 from .config import TrainConfig
-from .engine import TrainState, init_state
+from .engine import TrainState, grown, init_state
 from .io import atomic_write, load_npz, read_arrays, read_json, writable_directory
 from .params import Params, check_params
 from .provenance import environment
@@ -43,14 +43,14 @@ FIX = "pass --force to start over, or choose another --out"
 def config_hash(config: TrainConfig) -> str:
     """12 hex digits of SHA-256 over the config's canonical JSON. While importance
     sampling is off (wide_fraction 0) its two fields change nothing, and are left out;
-    so are the stratum's three while it is off (stratum 0), and n_min and normalised
-    at their defaults (0, False)."""
+    so are the stratum's three while it is off (stratum 0), and n_min, normalised and
+    continues at their defaults (0, False, "")."""
     fields = config.to_dict()
     if fields["wide_fraction"] == 0:
         del fields["wide_fraction"], fields["wide_scale"]
     if fields["stratum"] == 0:
         del fields["stratum"], fields["stratum_fraction"], fields["stratum_pool"]
-    for name, default in (("n_min", 0), ("normalised", False)):
+    for name, default in (("n_min", 0), ("normalised", False), ("continues", "")):
         if fields[name] == default:
             del fields[name]
     text = json.dumps(fields, sort_keys=True)
@@ -156,6 +156,22 @@ def load_seeds(path: Path) -> Params:
     return params
 
 
+def continuation_start(config: TrainConfig, parent: Path) -> tuple[TrainState, np.ndarray]:
+    """The (state, no losses yet) a continuation starts from: the final seeds of the
+    finished run `parent`, a fresh optimiser state (engine.init_state). A parent one
+    layer shallower than the config is grown by a layer on top (engine.grown)."""
+    if not (parent / MANIFEST).exists():
+        raise ValueError(f"{parent} is not a finished run, so the run that continues it cannot start")
+    files = read_json(parent / MANIFEST, ("config_hash", "files"))["files"]
+    if not (parent / SEEDS).exists() or not isinstance(files, dict) or files.get(SEEDS) != digest(parent / SEEDS):
+        raise ValueError(f"{parent / SEEDS} is missing or differs from the file its run wrote; rerun that run "
+                         "with --force")
+    seeds = load_seeds(parent / SEEDS)
+    if seeds.p.ndim > 1 and seeds.p.shape[1] == config.layers - 1:
+        seeds = grown(config, seeds)
+    return init_state(config, seeds), np.zeros((config.seeds, 0), np.float32)
+
+
 # ---------------------------------------------------------------------- the directory as a unit
 
 
@@ -224,6 +240,8 @@ def prepare(config: TrainConfig, directory: Path, resume: bool, force: bool = Fa
         stray = [name for name in RESULTS if (directory / name).exists()]
         if stray:
             raise ValueError(f"{directory / stray[0]} is not part of a finished run of this configuration; {FIX}")
+        if config.continues:
+            start = continuation_start(config, directory.parent / config.continues)
     write_json(directory / CONFIG, {"config": config.to_dict(), "hash": config_hash(config),
                                     "environment": environment()}, strict=True)
     return None, start

@@ -9,7 +9,8 @@ runs a `Grid` with it, and `lticl reproduce` (`reproduce.Reproduction`) is a Swe
 over the paper's grid. Configs that share a compiled program (`config.program`)
 train side by side in one vmapped call; a restarted sweep reuses finished runs and
 resumes unfinished ones from their checkpoints. A cell with no usable seed, or whose
-chosen seed has a heavy tail, gets one second run of as many new seeds.
+chosen seed has a heavy tail, gets one second run of as many new seeds; a subclass
+may then continue a cell's chosen run for more steps (`Sweep.continuation`).
 
 A grid file (TOML):
 
@@ -77,10 +78,26 @@ class Sweep:
         tailed = [k for k in configs if len(self.runs[k]) == 1 and self.tailed(k)]
         self._train([(k, replace(configs[k], first_seed=configs[k].seeds)) for k in tailed],
                     " (new seeds: heavy tail)")
+        continued = [(k, self.continuation(k)) for k in configs if not any(c.continues for c, _ in self.runs[k])]
+        self._train([(k, c) for k, c in continued if c is not None], " (continued)")
 
     def tailed(self, key) -> bool:
         m, d = self.metrics[key], self.configs[key].d
         return not m["usable"] or any(heavy_tailed(Evaluation(**m[s][m["seed"]]), d) for s in ("validation", "tail"))
+
+    def continuation(self, key) -> TrainConfig | None:
+        """The run that continues a key's chosen model for more steps, or None: a plain
+        sweep has no target to miss, so it continues nothing (a Reproduction does)."""
+        return None
+
+    def continued(self, key, parent=None, **fields) -> TrainConfig:
+        """A run of the key's chosen run's config, with `fields` over it, that starts
+        from the final seeds of the chosen run of `parent` (default: the key itself;
+        a key whose models are one layer shallower: grown by a layer, engine.grown),
+        its seeds numbered after every seed the key has."""
+        start = self.chosen_run(key if parent is None else parent)
+        return replace(self.chosen_run(key), continues=run_name(start), seeds=start.seeds,
+                       first_seed=len(self.metrics[key]["validation"]), **fields)
 
     def _train(self, runs: list[tuple[Hashable, TrainConfig]], note: str = "") -> None:
         programs = defaultdict(list)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import operator
 import zlib
-from functools import partial
+from functools import lru_cache, partial
 from typing import Iterator, NamedTuple
 
 import jax
@@ -196,3 +196,33 @@ def data_key(seed: int, noise: NoiseLike, purpose: str) -> Array:
     spec = as_noise(noise).spec
     key = jax.random.fold_in(jax.random.key(int(seed)), zlib.crc32(spec.encode()))
     return jax.random.fold_in(key, _PURPOSES.index(purpose))
+
+
+@lru_cache(maxsize=16)
+def stratum_bank(seed: int, noise: str, pool: int, keep: int, n: int, d: int) -> tuple[Tasks, float]:
+    """The `keep` sequences with the largest tail score among `pool` fresh ones of the
+    config's own "bank" stream (apart from its training, validation and tail streams),
+    and the smallest of their scores: a sample of the sequences above that score."""
+    bank = tail_tasks(data_key(seed, noise, "bank"), noise, pool, keep, n, d)
+    return bank, float(tail_score(bank)[-1])
+
+
+def stratified_batch(key: Array, fresh: Tasks, weight: Array, bank: Tasks, strata: Array) -> tuple[Tasks, Array]:
+    """A batch of B whose first m = round(fraction·B) sequences are drawn (with
+    replacement) from the bank of the top stratum, whose probability is p, and whose
+    other sequences are the fresh ones below the stratum's score (a fresh one above it
+    gets weight 0). With weights p·B/m on the first part and (1 − p)·B/(fresh below) on
+    the rest, the weighted mean of any per-sequence loss is an unbiased estimate of
+    its mean over all sequences, E = (1 − p)·E[· | below] + p·E[· | above], and every
+    weight is bounded. `strata` = (p, fraction, threshold); p = 0 gives the fresh
+    batch with weight 1 (then its `weight` is kept)."""
+    p, fraction, threshold = strata[0], strata[1], strata[2]
+    size = fresh.batch
+    m = jnp.round(fraction * size)
+    banked = jnp.arange(size) < m
+    pick = jax.tree.map(lambda a: a[jax.random.randint(jax.random.fold_in(key, 7), (size,), 0, bank.batch)], bank)
+    t = jax.tree.map(lambda a, b: jnp.where(banked.reshape((-1,) + (1,) * (a.ndim - 1)), b.astype(a.dtype), a),
+                     fresh, pick)
+    below = ~banked & (tail_score(fresh) < threshold)
+    stratified = jnp.where(banked, p * size / jnp.maximum(m, 1), (1 - p) * size / jnp.maximum(jnp.sum(below), 1))
+    return t, jnp.where(p > 0, jnp.where(banked | below, stratified, 0.0), weight).astype(weight.dtype)

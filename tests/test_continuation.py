@@ -1,0 +1,212 @@
+"""Continuations: a run that starts from a finished run's seeds, the sweep phase that
+makes them, and the reproduction's decision (validation and tail sets only)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lticl.config import TrainConfig
+from lticl.engine import init_state
+from lticl.experiments import BUDGETS
+from lticl.io import load_npz
+from lticl.paper import paper_value
+from lticl.reproduce import Reproduction
+from lticl.rundir import MODEL, SEEDS, config_hash, continuation_start, load_seeds, run_name
+from lticl.runs import run
+from lticl.table1 import gdpp_bound
+
+TINY = dict(d=3, n=8, batch=64, steps=40, chunk=10, seeds=2, validation_sequences=500, evaluation_sequences=500,
+            tail_sequences=2000)
+
+
+def test_continues_names_a_directory_and_enters_the_hash_only_when_set():
+    config = TrainConfig("full", 2, "uniform:2", **TINY)
+    assert config_hash(replace(config, continues="full-L2-abc")) != config_hash(config)
+    for bad in ("a/b", "..", "x\\y", 3):
+        with pytest.raises(ValueError, match="continues must be the name of a run directory"):
+            replace(config, continues=bad)
+
+
+def test_a_start_must_fit_the_config():
+    config = TrainConfig("full", 2, "uniform:2", **TINY)
+    state = init_state(config)
+    again = init_state(config, state.params)
+    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(again.params)):
+        np.testing.assert_array_equal(a, b)
+    assert int(again.opt_state[1][0].count[0]) == 0  # a fresh optimiser
+    with pytest.raises(ValueError, match="a start of 2 full-2 models"):
+        init_state(config, init_state(replace(config, variant="diag")).params)
+    with pytest.raises(ValueError, match="a start of 2 full-2 models"):
+        init_state(config, init_state(replace(config, seeds=3)).params)
+
+
+@pytest.mark.slow
+def test_a_continuation_starts_from_its_parent_and_is_deterministic(tmp_path):
+    parent = TrainConfig("diag", 2, "uniform:2", **TINY)
+    child = replace(parent, continues=run_name(parent), first_seed=2, steps=30, lr=1e-3)
+    with pytest.raises(ValueError, match="not a finished run"):
+        continuation_start(child, tmp_path / "a" / run_name(parent))
+    results = []
+    for root in ("a", "b"):
+        run(parent, tmp_path / root / run_name(parent))
+        state, losses = continuation_start(child, tmp_path / root / run_name(parent))
+        seeds = load_seeds(tmp_path / root / run_name(parent) / SEEDS)
+        np.testing.assert_array_equal(state.params.p, seeds.p)  # the parent's final seeds, exactly
+        assert losses.shape == (2, 0) and int(state.step[0]) == 0
+        results.append(run(child, tmp_path / root / run_name(child)))
+    assert results[0] == {**results[1], "seconds": results[0]["seconds"]}
+    assert results[0]["steps"] == 30
+    # a parent whose seeds were changed after it finished is refused
+    with open(tmp_path / "a" / run_name(parent) / SEEDS, "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(ValueError, match="differs from the file its run wrote"):
+        continuation_start(child, tmp_path / "a" / run_name(parent))
+
+
+# A sweep that continues every key once: the sweep phase as a Reproduction uses it.
+SCRIPT = """
+import sys
+from pathlib import Path
+from lticl.config import TrainConfig
+from lticl.sweep import Sweep
+
+class Continuing(Sweep):
+    def continuation(self, key):
+        return self.continued(key, steps=400, lr=1e-3)
+
+sweep = Continuing(Path(sys.argv[1]))
+sweep.train({"a": TrainConfig("full", 2, "uniform:2", d=3, n=8, batch=256, steps=60, chunk=10, seeds=1,
+                               validation_sequences=500, evaluation_sequences=500, tail_sequences=2000)})
+print(sweep.metrics["a"]["seed"], len(sweep.runs["a"]))
+"""
+
+
+def _continuation_dir(out: Path) -> Path | None:
+    for config in out.glob("runs/*/config.json"):
+        if json.loads(config.read_text())["config"]["continues"]:
+            return config.parent
+    return None
+
+
+@pytest.mark.slow
+def test_a_continuation_killed_part_way_resumes_to_the_same_model(tmp_path):
+    script = tmp_path / "continuing.py"
+    script.write_text(SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k != "JAX_ENABLE_X64"}
+    cmd = lambda out: [sys.executable, str(script), str(tmp_path / out)]
+    whole = subprocess.run(cmd("whole"), env=env, capture_output=True, text=True, timeout=600)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    assert whole.stdout.split()[1] == "2"  # the first run and its continuation
+
+    proc = subprocess.Popen(cmd("killed"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        found = _continuation_dir(tmp_path / "killed")
+        if found is not None and (found / "checkpoint.npz").exists():
+            break
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed = _continuation_dir(tmp_path / "killed")
+    assert killed is not None and not (killed / MODEL).exists(), "the continuation ended before the kill"
+    resumed = subprocess.run(cmd("killed"), env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert resumed.stdout == whole.stdout
+    a, b = (load_npz(_continuation_dir(tmp_path / out) / MODEL) for out in ("whole", "killed"))
+    assert killed.name == _continuation_dir(tmp_path / "whole").name
+    np.testing.assert_array_equal(a.p, b.p)
+    np.testing.assert_array_equal(a.q, b.q)
+
+
+def _cell(rep, key, mean, tail_worst=1.0, usable=True):
+    """A trained cell as the reproduction records it, with no evaluation at all: the
+    decision may read validation and tail sets only."""
+    config = rep.config(*key)
+    ev = lambda mean, worst: {"mean": mean, "sem": 1e-3, "worst": worst, "nonfinite": 0, "block_spread": 0.0,
+                              "sequences": 20_000}
+    m = {"seed": 0, "usable": usable, "validation": [ev(mean, 1.0)], "tail": [ev(1.0, tail_worst)]}
+    rep.configs[key], rep.metrics[key], rep.runs[key] = config, m, [(config, m)]
+    return config
+
+
+def test_a_cell_continues_when_it_misses_on_validation_and_never_reads_its_evaluation(tmp_path):
+    rep = Reproduction(tmp_path, "laptop")
+    key = ("full", 5, "uniform:4")
+    paper = paper_value("full", "uniform:4", 5)
+    config = _cell(rep, key, paper * 0.99)
+    assert rep.continuation(key) is None  # within on validation
+    _cell(rep, key, paper * 1.2)
+    more = rep.continuation(key)
+    assert more.continues == run_name(config) and more.first_seed == 1
+    fields = BUDGETS["laptop"].continuation
+    assert all(getattr(more, k) == v for k, v in fields.items())
+    # the cell's own config but for the continuation's fields
+    assert replace(more, continues="", first_seed=0, **{k: getattr(config, k) for k in fields}) == config
+    # within on validation, but one tail-set sequence would move a mean over the pool out of it
+    _cell(rep, key, paper * 0.99, tail_worst=0.1 * paper * config.tail_sequences)
+    assert rep.continuation(key) is not None
+    _cell(rep, key, paper * 1.2, usable=False)
+    assert rep.continuation(key) is None  # a failed model is not continued
+    # the same variant one layer shallower, tame and lower on the same validation sequences, is grown instead
+    below = _cell(rep, ("full", 4, "uniform:4"), paper * 1.1)
+    assert rep.continuation(key).continues == run_name(below)  # the failed cell gets a grown start
+    _cell(rep, key, paper * 1.2)
+    grown = rep.continuation(key)
+    assert (grown.continues, grown.layers, grown.first_seed) == (run_name(below), 5, 1)
+    _cell(rep, key, paper * 1.09)
+    assert rep.continuation(key).continues == run_name(config)  # its own model is lower
+    _cell(rep, key, paper * 1.2)
+    _cell(rep, ("full", 4, "uniform:4"), paper * 1.1, tail_worst=1e6)
+    assert rep.continuation(key).continues == run_name(config)  # the shallower one has a heavy tail
+    # GD++-3 on uniform:5: the paper's value lies below the bound no GD++ model beats
+    gdpp = ("gdpp", 3, "uniform:5")
+    assert paper_value("gdpp", "uniform:5", 3) < gdpp_bound("uniform:5", 0) - 0.01
+    _cell(rep, gdpp, gdpp_bound("uniform:5", 0))
+    assert rep.continuation(gdpp) is None
+    smoke = Reproduction(tmp_path, "smoke")  # a budget without continuations
+    _cell(smoke, key, paper * 1.2)
+    assert smoke.continuation(key) is None
+
+
+def test_a_grown_model_keeps_its_parents_layers_and_adds_a_small_gd_step():
+    """In float64: the first L−1 implicit states of the grown model are the parent's
+    exactly; the added layer is a GD step of GROWN_STEP × the best one-step size, so
+    on a parent of L−1 GD steps of size η* it lowers the mean loss, and by at most the
+    gain of one full step η* more."""
+    from lticl.engine import GROWN_STEP, grown
+    from lticl.inits import gd_init
+    from lticl.metrics import sequence_loss
+    from lticl.model import implicit_state
+    from lticl.noise import as_noise
+    from lticl.tasks import sample_tasks
+    from lticl.theory import best_one_step_size
+
+    with jax.enable_x64(True):
+        config = TrainConfig("diag", 3, "uniform:1", d=4, n=12, init_scale=0.0)
+        eta = best_one_step_size(12, 4, as_noise("uniform:1").second_moment)
+        parent = gd_init(jax.random.key(0), "diag", 2, 4, step_size=eta, dtype=jnp.float64)
+        stacked = jax.tree.map(lambda a: a[None], parent)
+        child = jax.tree.map(lambda a: a[0], grown(config, stacked))
+        assert child.p.shape == (3, 1, 2) and child.p.dtype == jnp.float64
+        np.testing.assert_array_equal(child.p[:2], parent.p)
+        top = gd_init(jax.random.key(0), "diag", 1, 4, step_size=GROWN_STEP * eta, dtype=jnp.float64)
+        np.testing.assert_allclose(child.p[2:], top.p, rtol=1e-12)
+        np.testing.assert_allclose(child.q[2:], top.q, rtol=1e-12)
+        t = sample_tasks(jax.random.key(1), "uniform:1", 20_000, 12, 4, dtype=jnp.float64)
+        w_parent = implicit_state(parent, t.x, t.y).w
+        w_child = implicit_state(child, t.x, t.y).w
+        np.testing.assert_allclose(w_child[:3], w_parent, rtol=0, atol=1e-12)
+        full = gd_init(jax.random.key(0), "diag", 3, 4, step_size=eta, dtype=jnp.float64)
+        loss = lambda w: float(jnp.mean(sequence_loss(w, t.w)))
+        parent_loss, child_loss = loss(w_parent[-1]), loss(w_child[-1])
+        assert loss(implicit_state(full, t.x, t.y).w[-1]) < child_loss < parent_loss
