@@ -210,3 +210,13 @@ def test_a_grown_model_keeps_its_parents_layers_and_adds_a_small_gd_step():
         loss = lambda w: float(jnp.mean(sequence_loss(w, t.w)))
         parent_loss, child_loss = loss(w_parent[-1]), loss(w_child[-1])
         assert loss(implicit_state(full, t.x, t.y).w[-1]) < child_loss < parent_loss
+
+
+def test_a_learning_curve_says_which_runs_continue_another():
+    from lticl.sweep import _continued
+
+    config = TrainConfig("diag", 7, "uniform:2", **TINY)
+    below = replace(config, layers=6)
+    assert _continued(config) == ""
+    assert _continued(replace(config, continues=run_name(config))) == " (continued)"
+    assert _continued(replace(config, continues=run_name(below))) == " (grown from 6 layers)"

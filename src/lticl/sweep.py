@@ -257,11 +257,19 @@ def curve_figures(sweep: Sweep, keys, out: Path) -> list[Path]:
         configs = [sweep.configs[k] for k in members]
         differ = [f for f in FIELDS if f not in ("seeds", "first_seed")
                   and len({getattr(c, f) for c in configs}) > 1]
-        runs = [(", ".join(f"{f}={getattr(sweep.configs[k], f)}" for f in differ) or f"{variant}-{layers}",
-                 load_curve(sweep.directory(c))) for k in members for c, _ in sweep.runs[k]]
+        label = lambda k: ", ".join(f"{f}={getattr(sweep.configs[k], f)}" for f in differ) or f"{variant}-{layers}"
+        runs = [(label(k) + _continued(c), load_curve(sweep.directory(c))) for k in members for c, _ in sweep.runs[k]]
         fig = curves_figure(runs, f"{LABEL[variant]}-{layers}: training loss per step")
         written += save(fig, out, f"curve-{variant}-L{layers}")
     return written
+
+
+def _continued(config: TrainConfig) -> str:
+    """What a learning curve's label says of a continuation: its steps start again at 0."""
+    if not config.continues:
+        return ""
+    grown = not config.continues.startswith(f"{config.variant}-L{config.layers}-")
+    return f" (grown from {config.layers - 1} layers)" if grown else " (continued)"
 
 
 def run_grid(grid: Grid, sweep: Sweep) -> list[Path]:
