@@ -17,6 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from lticl.devices import use_cpu_cores
+from recipe import overrides  # bench/recipe.py: FIELD=VALUE with the field's type
 
 GAPS = [("diag", 6, "uniform:6"), ("diag", 7, "uniform:2"), ("full", 5, "categorical:1,3"),
         ("diag", 5, "uniform:7"), ("full", 7, "uniform:6"), ("full", 6, "categorical:1,3")]
@@ -31,8 +32,7 @@ def main() -> None:
         i = args.index("--cells")
         cells = [(c.split(":", 2)[0], int(c.split(":", 2)[1]), c.split(":", 2)[2]) for c in args[i + 1:]]
         args = args[:i]
-    out, fields = Path(args[0]), dict(a.partition("=")[::2] for a in args[1:])
-    fields = {k: float(v) if k == "lr" else int(v) for k, v in fields.items()}
+    out, fields = Path(args[0]), overrides(args[1:])
     use_cpu_cores()
     from lticl.paper import paper_value
     from lticl.reproduce import Reproduction

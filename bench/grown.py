@@ -18,6 +18,7 @@ import jax
 import numpy as np
 
 from lticl.devices import use_cpu_cores
+from recipe import overrides  # bench/recipe.py: FIELD=VALUE with the field's type
 
 
 def main() -> None:
@@ -32,7 +33,7 @@ def main() -> None:
     from lticl.train import train_group
 
     out, variant, layers = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
-    fields = {k: float(v) if k == "lr" else int(v) for k, v in (a.partition("=")[::2] for a in sys.argv[4:])}
+    fields = overrides(sys.argv[4:])
     rep = Reproduction(out, "laptop")
     rep.plan = replace(rep.plan, continuation=None)  # read the cells back as they were
     rep.train({(variant, L, s) for s in SETTINGS for L in (layers - 1, layers)})
