@@ -66,9 +66,11 @@ def spread(tree, k: int):
 
 def gather(tree, k: int):
     """The first K models of a spread tree, back on one device: what follows is per
-    model, and XLA's CPU collectives (which a spread evaluation would need) can
-    deadlock."""
-    return jax.device_put(jax.tree.map(lambda a: a[:k], tree), jax.local_devices()[0])
+    model. They pass through the host: cutting off the padding on the devices is an
+    all-gather, and XLA's CPU collectives can deadlock (one core waits for ever at
+    the rendezvous while another thread computes)."""
+    host = jax.device_get(tree)
+    return jax.device_put(jax.tree.map(lambda a: a[:k], host), jax.local_devices()[0])
 
 
 def describe() -> str:
