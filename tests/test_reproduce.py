@@ -5,15 +5,17 @@ import csv
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from conftest import assert_one_line_error, run_cli
-from lticl.experiments import BASELINES, DEPTHS, FIGURES, TARGET_NAMES, VARIANTS, cells
+from lticl.experiments import BASELINES, BUDGETS, DEPTHS, FIGURES, TARGET_NAMES, VARIANTS, cells
 from lticl.metrics import evaluate_baselines
 from lticl.paper import PAPER_D, PAPER_N, paper_settings, paper_value
 from lticl.reproduce import Reproduction
+from lticl.sweep import Sweep
 from lticl.table1 import row, tolerance_ok
 
 
@@ -55,6 +57,17 @@ def test_baseline_rows_follow_the_seed_in_one_directory(tmp_path):
     assert len(list(tmp_path.glob("baselines-*.json"))) == 2
     # read back, not recomputed: the cache answers for seed 0 as it did
     assert Reproduction(tmp_path, "smoke", seed=0, **small).baselines(["uniform:2"]) == first
+
+
+def test_a_heavy_tailed_cells_new_seeds_take_the_budgets_retry_fields(tmp_path):
+    key = ("diag", 4, "uniform:1")
+    for name in ("laptop", "smoke"):
+        rep = Reproduction(tmp_path, name)
+        first = rep.configs[key] = rep.config(*key)
+        fields = BUDGETS[name].retry or {}
+        assert rep.retry(key) == replace(first, first_seed=first.seeds, **fields)
+        assert Sweep.retry(rep, key) == replace(first, first_seed=first.seeds)  # a plain sweep's: new seeds only
+    assert BUDGETS["laptop"].retry["stratum"] > 0  # the laptop's retries are stratified
 
 
 @pytest.mark.slow

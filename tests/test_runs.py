@@ -127,7 +127,7 @@ def test_ray_executor_trains_the_groups_as_local_does(tmp_path):
 
 
 _seed = st.tuples(st.sampled_from([0.1, 0.2, 0.3, float("nan")]), st.sampled_from([1.0, 1e7]),
-                  st.sampled_from([1.0, 1e7, float("nan")]), st.booleans())  # validation mean, worst; tail worst; failed
+                  st.sampled_from([1.0, 1e3, 1e7, float("nan")]), st.booleans())  # validation mean, worst; tail worst; failed
 
 
 @settings(max_examples=200, deadline=None)
@@ -135,26 +135,26 @@ _seed = st.tuples(st.sampled_from([0.1, 0.2, 0.3, float("nan")]), st.sampled_fro
 def test_combined_runs_choose_the_seed_one_run_of_all_of_them_would(runs):
     """Runs of consecutive seeds, each having chosen its own best (as train_group
     does), combine to the seed select_best picks among all of them at once."""
-    d = 10
+    d, pool = 10, 1e6
     ev = lambda mean, worst: Evaluation(mean, 0.01, worst, int(mean != mean), 0.0, 100).to_dict()
     metrics = []
     for seeds in runs:
         validation = [ev(mean, worst) for mean, worst, _, _ in seeds]
         tail = [ev(0.1, tail) for _, _, tail, _ in seeds]
         args = ([Evaluation(**v) for v in validation], [f for *_, f in seeds], [Evaluation(**t) for t in tail],
-                tail_limit(d))
+                tail_limit(d), pool)
         try:
             seed, usable = select_best(*args), True
         except RuntimeError:
             seed, usable = 0, False
         metrics.append(dict(seed=seed, usable=usable, validation=validation, tail=tail,
                             recoveries=[20 * f for *_, f in seeds], skipped_steps=[0] * len(seeds)))
-    combined = combine_runs(metrics, d)
+    combined = combine_runs(metrics, d, pool)
     every = [s for seeds in runs for s in seeds]
     assert len(combined["validation"]) == len(combined["tail"]) == len(combined["recoveries"]) == len(every)
     try:
         expected = select_best([Evaluation(**v) for v in combined["validation"]], [f for *_, f in every],
-                               [Evaluation(**t) for t in combined["tail"]], tail_limit(d))
+                               [Evaluation(**t) for t in combined["tail"]], tail_limit(d), pool)
     except RuntimeError:
         assert not combined["usable"]
         return

@@ -160,6 +160,24 @@ def test_tail_set_finds_the_worst_sequence_of_an_unstable_model():
             assert loss(top).max() == loss(everything).max()
 
 
+def test_evaluating_models_on_the_oracle_computed_once_equals_computing_both_per_chunk():
+    """The oracle's losses are computed once per (key, noise, sequences) and reused; the
+    adjusted losses and the oracle's summary are those of computing both on every chunk."""
+    from lticl.selection import _oracle_losses, adjusted_losses, evaluate_models
+    from lticl.metrics import per_sequence
+
+    models = jax.tree.map(lambda a: jnp.stack([a, 1.5 * a]), gd_init(jax.random.key(0), "full", 2, 3, scale=0.1))
+    key = data_key(3, "uniform:3", "validation")
+    adjusted, oracle = per_sequence(lambda t: adjusted_losses(models, t), key, "uniform:3", 700, 8, 3)
+    hits = _oracle_losses.cache_info().hits
+    for _ in range(2):
+        evaluations, ev_oracle = evaluate_models(models, key, "uniform:3", 700, 8)
+        assert evaluations == [Evaluation.of(a) for a in adjusted] and ev_oracle == Evaluation.of(oracle)
+    assert _oracle_losses.cache_info().hits == hits + 1
+    other, _ = evaluate_models(models, data_key(4, "uniform:3", "validation"), "uniform:3", 700, 8)
+    assert other[0].mean != evaluations[0].mean  # another key, other sequences
+
+
 def test_select_best_skips_broken_seeds():
     ok = Evaluation(0.3, 0.01, 2.0, 0, 0.01, 100)
     better_but_broken = Evaluation(float("nan"), float("nan"), float("nan"), 3, float("nan"), 100)
@@ -181,6 +199,12 @@ def test_select_best_skips_broken_seeds():
     overflow = Evaluation(0.1, float("nan"), float("nan"), 2, float("nan"), 100)
     assert select_best([ok, worse], tail=[overflow, ok], worst_limit=500) == 1
     assert select_best([Evaluation(0.3, 0.01, float("nan"), 0, 0.01, 100), worse], worst_limit=500) == 1
+    # where every seed has a tail, the lowest mean charged with its tail set's worst sequence as one of the pool
+    milder = Evaluation(0.2, 0.01, 1e3, 0, 0.01, 100)
+    assert select_best([tailed, milder], worst_limit=500) == 0  # no pool: the mean alone
+    assert select_best([tailed, milder], worst_limit=500, pool=1e6) == 1  # 0.1 + 10 against 0.2 + 0.001
+    assert select_best([milder, worse], tail=[tailed, overflow], worst_limit=500, pool=1e6) == 0  # nan: the worst
+    assert select_best([ok, worse], tail=[overflow, overflow], worst_limit=500, pool=1e6) == 0  # then by mean
 
 
 @pytest.mark.slow

@@ -25,12 +25,19 @@ class Budget:
     # TrainConfig fields of the run that continues a cell whose chosen model misses
     # Table 1's rule on validation and its tail set (Reproduction.continuation); None: none.
     continuation: dict | None = None
+    # TrainConfig fields of the new seeds a cell gets when its first model has a heavy
+    # tail (Sweep.retry); None: the first run's own.
+    retry: dict | None = None
 
 
 # From GD's start, GD++ and DIAG settle in worse local optima on low-noise data;
 # DIAG-7 keeps GD's start (the preconditioned one rolls back).
 PRECONDITIONED = ((("gdpp",), range(1, 8), dict(init="precondition")),
                   (("diag",), range(1, 7), dict(init="precondition")))
+
+# A tenth of each batch from the 1,024 sequences most likely to blow a model up among
+# a million, weighted so that the loss stays unbiased (tasks.stratified_batch).
+STRATIFIED = dict(stratum=1024, stratum_fraction=0.1)
 
 BUDGETS: dict[str, Budget] = {
     "smoke": Budget(
@@ -40,7 +47,9 @@ BUDGETS: dict[str, Budget] = {
     "laptop": Budget(
         dict(steps=2000, batch=512, seeds=1),
         # DIAG-7 needs more steps to reach the paper's uniform:5 number on fresh data.
-        overrides=(*PRECONDITIONED, (("diag",), (7,), dict(steps=4000))),
+        # The 3-layer models hold most heavy tails: theirs train stratified from the start.
+        overrides=(*PRECONDITIONED, (("diag",), (7,), dict(steps=4000)), (("full", "diag", "gdpp"), (3,), STRATIFIED)),
+        retry=STRATIFIED,
         continuation=dict(steps=2000, lr=1e-3)),
     # For one GPU: the paper's batch, the laptop recipe's schedule and starts, ten
     # times its sequences per model in 2,048-sequence steps, two seeds. Defined, not

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -44,6 +45,12 @@ class Reproduction(Sweep):
     def config(self, variant: str, layers: int, noise: str) -> TrainConfig:
         """A cell's first run."""
         return budget_config(self.budget, variant, layers, noise, seed=self.seed, **self.overrides)
+
+    def retry(self, key) -> TrainConfig:
+        """A heavy-tailed cell's new seeds, with the budget's `retry` fields (the
+        laptop's: stratified batches, which show training the sequences that blow
+        models up)."""
+        return replace(super().retry(key), **(self.plan.retry or {}))
 
     def continuation(self, key) -> TrainConfig | None:
         """A cell whose chosen model misses Table 1's rule on validation or its tail

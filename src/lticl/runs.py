@@ -44,17 +44,18 @@ def metrics_of(result: TrainResult, seconds: float) -> dict:
     }
 
 
-def combine_runs(runs: list[dict], d: int) -> dict:
+def combine_runs(runs: list[dict], d: int, pool: float) -> dict:
     """One config's metrics over runs of consecutive seeds (`first_seed`, in order):
     those of the run whose chosen seed `train.select_best` prefers, with the per-seed
     lists (validation, tail, recoveries, skipped steps) joined and `seed` indexing
-    them. Each run chose by the same rule, so this is the seed it would choose among
-    all of them at once."""
+    them; `pool`: the sequences a tail set is drawn from (`select_best`). Each run
+    chose by the same rule, so this is the seed it would choose among all of them at
+    once."""
     if len(runs) == 1:
         return runs[0]
     chosen = lambda field: [Evaluation(**m[field][m["seed"]]) for m in runs]
     try:
-        best = select_best(chosen("validation"), [not m["usable"] for m in runs], chosen("tail"), tail_limit(d))
+        best = select_best(chosen("validation"), [not m["usable"] for m in runs], chosen("tail"), tail_limit(d), pool)
     except RuntimeError:  # no run has a usable seed
         best = 0
     joined = {field: [x for m in runs for x in m[field]]

@@ -55,34 +55,58 @@ def tail_set(seed: int, noise: str, pool: int, n: int, d: int) -> Tasks:
 
 
 def select_best(validation: list[Evaluation], failed=None, tail: list[Evaluation] | None = None,
-                worst_limit: float = np.inf) -> int:
+                worst_limit: float = np.inf, pool: float = np.inf) -> int:
     """The seed with the lowest validation mean among those that did not fail in
     training and have no non-finite validation loss, preferring seeds whose worst
     sequence, of validation and of `tail`, is at most `worst_limit` (a heavy tail
-    that a mean hides). Raises if no seed is usable."""
+    that a mean hides). Where every usable seed has a heavy tail, the one whose mean,
+    charged with its tail set's worst sequence as one of `pool` (what Table 1's tail
+    rule adds), is lowest. Raises if no seed is usable."""
     failed = np.zeros(len(validation), bool) if failed is None else np.asarray(failed)
     usable = [i for i, v in enumerate(validation) if not failed[i] and v.nonfinite == 0 and np.isfinite(v.mean)]
     if not usable:
         raise RuntimeError("no seed is usable (each failed in training or has non-finite validation losses)")
     tail = validation if tail is None else tail
     tame = [i for i in usable if validation[i].worst <= worst_limit and tail[i].worst <= worst_limit]  # nan: not tame
-    return min(tame or usable, key=lambda i: validation[i].mean)
+    if tame:
+        return min(tame, key=lambda i: validation[i].mean)
+    worst = lambda i: tail[i].worst if tail[i].worst == tail[i].worst else np.inf  # nan: an overflow
+    return min(usable, key=lambda i: (validation[i].mean + worst(i) / pool, validation[i].mean))
+
+
+@jax.jit
+def model_losses(params: Params, tasks: Tasks) -> Array:
+    """Per-sequence loss (K, B) of K stacked models on the same sequences."""
+    return jax.vmap(lambda p: sequence_loss(weights(p, tasks.x, tasks.y), tasks.w))(params)
 
 
 @jax.jit
 def adjusted_losses(params: Params, tasks: Tasks) -> tuple[Array, Array]:
     """Per-sequence adjusted loss (K, B) of K stacked models on the same sequences,
     and the oracle's own loss (B,)."""
-    model = jax.vmap(lambda p: sequence_loss(weights(p, tasks.x, tasks.y), tasks.w))(params)
     oracle = oracle_loss(tasks)
-    return model - oracle, oracle
+    return model_losses(params, tasks) - oracle, oracle
+
+
+@lru_cache(maxsize=64)
+def _oracle_losses(key_data: bytes, impl: str, noise, sequences: int, n: int, d: int) -> np.ndarray:
+    key = jax.random.wrap_key_data(np.frombuffer(key_data, np.uint32), impl=impl)
+    return per_sequence(jax.jit(oracle_loss), key, noise, sequences, n, d)
+
+
+def oracle_losses(key: Array, noise, sequences: int, n: int, d: int) -> np.ndarray:
+    """The oracle's per-sequence loss (sequences,) on the fresh sequences of `key`,
+    computed once per process: every model of a noise setting meets the same ones."""
+    data = np.asarray(jax.random.key_data(key), np.uint32)
+    return _oracle_losses(data.tobytes(), str(jax.random.key_impl(key)), noise, sequences, n, d)
 
 
 def evaluate_models(params: Params, key: Array, noise, sequences: int, n: int) -> tuple[list[Evaluation], Evaluation]:
     """Adjusted loss of each of K models stacked on a leading axis, all on the same
     fresh sequences, and the oracle's loss there; one compiled program per model shape."""
-    adjusted, oracle = per_sequence(lambda t: adjusted_losses(params, t), key, noise, sequences, n, params.d)
-    return [Evaluation.of(v) for v in adjusted], Evaluation.of(oracle)
+    oracle = oracle_losses(key, noise, sequences, n, params.d)
+    model = per_sequence(lambda t: model_losses(params, t), key, noise, sequences, n, params.d)
+    return [Evaluation.of(v - oracle) for v in model], Evaluation.of(oracle)
 
 
 def tail_evaluations(params: Params, seed: int, noise: str, pool: int, n: int) -> list[Evaluation]:

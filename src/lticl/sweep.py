@@ -76,14 +76,20 @@ class Sweep:
         self.configs.update(configs)
         self._train([(k, c) for k, c in configs.items() if k not in self.runs])
         tailed = [k for k in configs if len(self.runs[k]) == 1 and self.tailed(k)]
-        self._train([(k, replace(configs[k], first_seed=configs[k].seeds)) for k in tailed],
-                    " (new seeds: heavy tail)")
+        self._train([(k, self.retry(k)) for k in tailed], " (new seeds: heavy tail)")
         continued = [(k, self.continuation(k)) for k in configs if not any(c.continues for c, _ in self.runs[k])]
         self._train([(k, c) for k, c in continued if c is not None], " (continued)")
 
     def tailed(self, key) -> bool:
         m, d = self.metrics[key], self.configs[key].d
         return not m["usable"] or any(heavy_tailed(Evaluation(**m[s][m["seed"]]), d) for s in ("validation", "tail"))
+
+    def retry(self, key) -> TrainConfig:
+        """The second run of a key whose chosen seed has a heavy tail: as many new
+        seeds, numbered after the first run's (a Reproduction adds its budget's `retry`
+        fields)."""
+        config = self.configs[key]
+        return replace(config, first_seed=config.seeds)
 
     def continuation(self, key) -> TrainConfig | None:
         """The run that continues a key's chosen model for more steps, or None: a plain
@@ -114,7 +120,7 @@ class Sweep:
         for members, metrics in zip(groups, results):
             for (key, config), m in zip(members, metrics):
                 self.runs.setdefault(key, []).append((config, m))
-                self.metrics[key] = combine_runs([m for _, m in self.runs[key]], config.d)
+                self.metrics[key] = combine_runs([m for _, m in self.runs[key]], config.d, config.tail_sequences)
 
     def chosen_run(self, key) -> TrainConfig:
         """The run that holds the key's chosen seed."""

@@ -74,7 +74,7 @@ def _result(c: TrainConfig, all_params: Params, losses: np.ndarray, rec: np.ndar
     # A seed that failed: rolled back too often, or never took a step (every one skipped).
     failed = (rec >= c.max_recoveries) | (skip >= losses.shape[1])
     try:
-        best, usable = select_best(validation, failed, tails, tail_limit(c.d)), True
+        best, usable = select_best(validation, failed, tails, tail_limit(c.d), c.tail_sequences), True
     except RuntimeError:
         # Reported, not raised, so that one broken cell does not stop a sweep: the
         # result says usable=False and its evaluation shows the non-finite losses.
