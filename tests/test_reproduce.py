@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import assert_one_line_error, run_cli
-from lticl.experiments import BASELINES, BUDGETS, DEPTHS, FIGURES, TARGET_NAMES, VARIANTS, cells
+from lticl.experiments import BASELINES, DEPTHS, FIGURES, TARGET_NAMES, VARIANTS, cells
 from lticl.metrics import evaluate_baselines
 from lticl.paper import PAPER_D, PAPER_N, paper_settings, paper_value
 from lticl.reproduce import Reproduction
@@ -60,14 +60,15 @@ def test_baseline_rows_follow_the_seed_in_one_directory(tmp_path):
 
 
 def test_a_heavy_tailed_cells_new_seeds_take_the_budgets_retry_fields(tmp_path):
-    key = ("diag", 4, "uniform:1")
-    for name in ("laptop", "smoke"):
+    for name, key, stratified in (("laptop", ("diag", 4, "uniform:1"), True), ("laptop", ("full", 5, "uniform:1"), False),
+                                  ("smoke", ("diag", 4, "uniform:1"), False)):
         rep = Reproduction(tmp_path, name)
         first = rep.configs[key] = rep.config(*key)
-        fields = BUDGETS[name].retry or {}
-        assert rep.retry(key) == replace(first, first_seed=first.seeds, **fields)
+        retry = rep.retry(key)
+        assert (retry.stratum > 0 and retry.stratum_fraction > 0) == stratified
+        assert replace(retry, stratum=first.stratum, stratum_fraction=first.stratum_fraction) == \
+            replace(first, first_seed=first.seeds)  # else the first run's config, new seeds
         assert Sweep.retry(rep, key) == replace(first, first_seed=first.seeds)  # a plain sweep's: new seeds only
-    assert BUDGETS["laptop"].retry["stratum"] > 0  # the laptop's retries are stratified
 
 
 @pytest.mark.slow

@@ -25,9 +25,9 @@ class Budget:
     # TrainConfig fields of the run that continues a cell whose chosen model misses
     # Table 1's rule on validation and its tail set (Reproduction.continuation); None: none.
     continuation: dict | None = None
-    # TrainConfig fields of the new seeds a cell gets when its first model has a heavy
-    # tail (Sweep.retry); None: the first run's own.
-    retry: dict | None = None
+    # (variants, depths, fields) for the new seeds a cell gets when its first model has
+    # a heavy tail (Reproduction.retry), applied like `overrides`; none: the first run's.
+    retry: tuple = ()
 
 
 # From GD's start, GD++ and DIAG settle in worse local optima on low-noise data;
@@ -49,7 +49,8 @@ BUDGETS: dict[str, Budget] = {
         # DIAG-7 needs more steps to reach the paper's uniform:5 number on fresh data.
         # The 3-layer models hold most heavy tails: theirs train stratified from the start.
         overrides=(*PRECONDITIONED, (("diag",), (7,), dict(steps=4000)), (("full", "diag", "gdpp"), (3,), STRATIFIED)),
-        retry=STRATIFIED,
+        # Deeper models' stratified retries break more often than they help (log/2026-12-03-tails.md).
+        retry=((("full", "diag", "gdpp"), range(1, 5), STRATIFIED),),
         continuation=dict(steps=2000, lr=1e-3)),
     # For one GPU: the paper's batch, the laptop recipe's schedule and starts, ten
     # times its sequences per model in 2,048-sequence steps, two seeds. Defined, not
@@ -73,9 +74,15 @@ def budget(name: str) -> Budget:
 
 def budget_fields(name: str, variant: str, layers: int) -> dict:
     """The TrainConfig fields a budget gives one variant and depth."""
-    b, variant = budget(name), canonical_variant(variant)
-    fields = dict(b.train)
-    for variants, depths, extra in b.overrides:
+    b = budget(name)
+    return matching(b.overrides, variant, layers, dict(b.train))
+
+
+def matching(overrides: tuple, variant: str, layers: int, fields: dict | None = None) -> dict:
+    """`fields` with every (variants, depths, fields) of `overrides` that matches the
+    variant and depth applied over it, in order."""
+    fields, variant = dict(fields or {}), canonical_variant(variant)
+    for variants, depths, extra in overrides:
         if variant in variants and layers in depths:
             fields |= extra
     return fields

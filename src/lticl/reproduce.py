@@ -20,7 +20,7 @@ import jax
 import numpy as np
 
 from .config import TrainConfig
-from .experiments import BASELINES, budget, budget_config
+from .experiments import BASELINES, budget, budget_config, matching
 from .io import read_json
 from .metrics import evaluate, evaluate_baselines, layer_adjusted_losses, tune_baselines
 from .params import Params
@@ -47,10 +47,11 @@ class Reproduction(Sweep):
         return budget_config(self.budget, variant, layers, noise, seed=self.seed, **self.overrides)
 
     def retry(self, key) -> TrainConfig:
-        """A heavy-tailed cell's new seeds, with the budget's `retry` fields (the
-        laptop's: stratified batches, which show training the sequences that blow
-        models up)."""
-        return replace(super().retry(key), **(self.plan.retry or {}))
+        """A heavy-tailed cell's new seeds, with the budget's `retry` fields for its
+        variant and depth (the laptop's: stratified batches up to 4 layers, which show
+        training the sequences that blow models up)."""
+        variant, layers, _ = key
+        return replace(super().retry(key), **matching(self.plan.retry, variant, layers))
 
     def continuation(self, key) -> TrainConfig | None:
         """A cell whose chosen model misses Table 1's rule on validation or its tail
