@@ -88,10 +88,13 @@ def adjusted_losses(params: Params, tasks: Tasks) -> tuple[Array, Array]:
     return model_losses(params, tasks) - oracle, oracle
 
 
+_oracle = jax.jit(oracle_loss)
+
+
 @lru_cache(maxsize=64)
 def _oracle_losses(key_data: bytes, impl: str, noise, sequences: int, n: int, d: int) -> np.ndarray:
     key = jax.random.wrap_key_data(np.frombuffer(key_data, np.uint32), impl=impl)
-    return per_sequence(jax.jit(oracle_loss), key, noise, sequences, n, d)
+    return per_sequence(_oracle, key, noise, sequences, n, d)
 
 
 def oracle_losses(key: Array, noise, sequences: int, n: int, d: int) -> np.ndarray:
