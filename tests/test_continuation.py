@@ -213,10 +213,14 @@ def test_a_grown_model_keeps_its_parents_layers_and_adds_a_small_gd_step():
 
 
 def test_a_learning_curve_says_which_runs_continue_another():
-    from lticl.sweep import _continued
+    from lticl.sweep import _note
 
     config = TrainConfig("diag", 7, "uniform:2", **TINY)
     below = replace(config, layers=6)
-    assert _continued(config) == ""
-    assert _continued(replace(config, continues=run_name(config))) == " (continued)"
-    assert _continued(replace(config, continues=run_name(below))) == " (grown from 6 layers)"
+    assert _note(config, config) == ""
+    assert _note(replace(config, continues=run_name(config)), config) == " (continued)"
+    assert _note(replace(config, continues=run_name(below)), config) == " (grown from 6 layers)"
+    stratified = replace(config, stratum=1024, stratum_fraction=0.1, first_seed=1)
+    assert _note(stratified, config) == " (stratified)"  # a stratified retry of a plain cell
+    assert _note(replace(stratified, continues=run_name(stratified)), config) == " (stratified) (continued)"
+    assert _note(stratified, replace(config, stratum=1024, stratum_fraction=0.1)) == ""  # stratified throughout

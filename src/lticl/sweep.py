@@ -264,18 +264,21 @@ def curve_figures(sweep: Sweep, keys, out: Path) -> list[Path]:
         differ = [f for f in FIELDS if f not in ("seeds", "first_seed")
                   and len({getattr(c, f) for c in configs}) > 1]
         label = lambda k: ", ".join(f"{f}={getattr(sweep.configs[k], f)}" for f in differ) or f"{variant}-{layers}"
-        runs = [(label(k) + _continued(c), load_curve(sweep.directory(c))) for k in members for c, _ in sweep.runs[k]]
+        runs = [(label(k) + _note(c, sweep.configs[k]), load_curve(sweep.directory(c)))
+                for k in members for c, _ in sweep.runs[k]]
         fig = curves_figure(runs, f"{LABEL[variant]}-{layers}: training loss per step")
         written += save(fig, out, f"curve-{variant}-L{layers}")
     return written
 
 
-def _continued(config: TrainConfig) -> str:
-    """What a learning curve's label says of a continuation: its steps start again at 0."""
+def _note(config: TrainConfig, first: TrainConfig) -> str:
+    """What a learning curve's label says of a run beside its key's first run: stratified
+    where that one is not (a retry), and a continuation's steps start again at 0."""
+    note = " (stratified)" if config.stratum_fraction and not first.stratum_fraction else ""
     if not config.continues:
-        return ""
+        return note
     grown = not config.continues.startswith(f"{config.variant}-L{config.layers}-")
-    return f" (grown from {config.layers - 1} layers)" if grown else " (continued)"
+    return note + (f" (grown from {config.layers - 1} layers)" if grown else " (continued)")
 
 
 def run_grid(grid: Grid, sweep: Sweep) -> list[Path]:
