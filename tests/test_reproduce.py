@@ -60,8 +60,9 @@ def test_baseline_rows_follow_the_seed_in_one_directory(tmp_path):
 
 
 def test_a_heavy_tailed_cells_new_seeds_take_the_budgets_retry_fields(tmp_path):
-    for name, key, stratified in (("laptop", ("diag", 4, "uniform:1"), True), ("laptop", ("full", 5, "uniform:1"), False),
-                                  ("smoke", ("diag", 4, "uniform:1"), False)):
+    cases = (("laptop", ("diag", 4, "uniform:1"), True), ("laptop", ("full", 5, "uniform:1"), False),
+             ("smoke", ("diag", 4, "uniform:1"), False))
+    for name, key, stratified in cases:
         rep = Reproduction(tmp_path, name)
         first = rep.configs[key] = rep.config(*key)
         retry = rep.retry(key)
