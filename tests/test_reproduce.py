@@ -66,8 +66,9 @@ def test_a_heavy_tailed_cells_new_seeds_take_the_budgets_retry_fields(tmp_path):
         rep = Reproduction(tmp_path, name)
         first = rep.configs[key] = rep.config(*key)
         retry = rep.retry(key)
-        assert (retry.stratum > 0 and retry.stratum_fraction > 0) == stratified
-        assert replace(retry, stratum=first.stratum, stratum_fraction=first.stratum_fraction) == \
+        assert (retry.stratum > 0 and retry.stratum_fraction > 0 and retry.spike_fraction > 0) == stratified
+        assert replace(retry, stratum=first.stratum, stratum_fraction=first.stratum_fraction,
+                       spike_fraction=first.spike_fraction) == \
             replace(first, first_seed=first.seeds)  # else the first run's config, new seeds
         assert Sweep.retry(rep, key) == replace(first, first_seed=first.seeds)  # a plain sweep's: new seeds only
 

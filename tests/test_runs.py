@@ -47,6 +47,8 @@ def test_names_and_hashes_follow_the_config():
     wide = replace(a, wide_fraction=0.5)
     assert config_hash(wide) != config_hash(a) == config_hash(replace(a, wide_scale=3.0))
     assert config_hash(replace(wide, wide_scale=3.0)) != config_hash(wide)
+    spike = replace(a, spike_fraction=0.1)
+    assert config_hash(spike) != config_hash(a) == config_hash(replace(a, spike_scale=3.0))
 
 
 @pytest.mark.slow

@@ -1,6 +1,8 @@
 """Stratified training batches (tasks.stratified_batch): the top stratum of the tail
 score on purpose, weighted so that the objective stays unbiased."""
 
+from dataclasses import replace
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -27,18 +29,20 @@ def test_the_stratified_objective_is_unbiased_for_the_one_layer_loss():
     """A 1-layer GD model with the best step has expected loss ½(d − n d η*) exactly
     (theory.best_one_layer_loss). The mean of stratified batch losses meets it within 4
     standard errors, as the plain batches' mean does, although a quarter of every
-    stratified batch comes from the top 0.5% of the tail score."""
+    stratified batch comes from the top 0.5% of the tail score, and with a quarter of the
+    fresh part drawn with a spiked spectrum and importance-weighted besides."""
     noise = "uniform:2"
     plain = TrainConfig("full", 1, noise, **SMALL)
     strat = TrainConfig("full", 1, noise, **SMALL, stratum_fraction=0.25)
+    spiked = replace(strat, spike_fraction=0.25)  # the fresh part importance-weighted too
     s2 = as_noise(noise).second_moment
     eta = best_one_step_size(plain.n, plain.d, s2)
     params = gd_init(jax.random.key(0), "full", 1, plain.d, 1, eta, 0.0, jnp.float32)
     exact = best_one_layer_loss(plain.n, plain.d, s2)
-    for config in (plain, strat):
+    for config in (plain, strat, spiked):
         values = _estimates(config, params, 600)
         sem = values.std(ddof=1) / np.sqrt(values.size)
-        assert abs(values.mean() - exact) < 4 * sem, (config.stratum_fraction, values.mean(), exact, sem)
+        assert abs(values.mean() - exact) < 4 * sem, (config.stratum_fraction, config.spike_fraction, values.mean(), exact, sem)
 
     # the stratified batch does hold the top stratum: its tail scores are far higher
     state = init_state(strat)

@@ -107,6 +107,29 @@ def test_mixture_weights_give_unbiased_means_and_see_the_tail_more_often():
     np.testing.assert_allclose(t.w[:120_000], 1.7 * plain.w[:120_000], rtol=1e-15)
 
 
+def test_spiked_spectra_are_weighted_to_the_plain_expectation():
+    """A share of sequences drawn with a spike of scale 2 in XᵀX, weighted by p/q
+    over the mixture of the basis's directions, gives E tr((XᵀX/n)²) = d(n + d + 1)/n
+    (Wishart) within 4 standard errors; weights stay at most 1/(1 − β), and the
+    spiked sequences reach far larger λ_max than the plain ones."""
+    key, batch, n, d = jax.random.key(5), 100_000, 20, 10
+    sigma = jnp.full(batch, 0.5, jnp.float64)
+    t, weight = mixture_tasks(key, sigma, n, d, 0.0, 2.0, 0.3, 2.0)
+    s = np.einsum("bni,bnj->bij", t.x, t.x) / n
+    terms = np.asarray(weight) * np.einsum("bij,bji->b", s, s)
+    assert abs(terms.mean() - d * (n + d + 1) / n) < 4 * terms.std() / np.sqrt(batch)
+    assert np.asarray(weight).max() <= 1 / 0.7 + 1e-12
+    top = np.linalg.eigvalsh(s)[:, -1]
+    assert np.median(top[-30_000:]) > np.quantile(top[:70_000], 0.999)
+    # the plain share is the plain draw; with fraction 0 every sequence is, weighted 1
+    plain = tasks_given_sigma(key, sigma, n, d)
+    np.testing.assert_array_equal(t.x[:70_000], plain.x[:70_000])
+    same, ones = mixture_tasks(key, sigma, n, d, 0.0, 2.0, 0.0, 2.0)
+    for a, b in zip(plain, same):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(ones, 1.0)
+
+
 @pytest.mark.parametrize("kwargs,match", [(dict(n=0), "n must be >= 1"), (dict(d=-1), "d must be >= 1"),
                                           (dict(batch=0), "batch must be >= 1"), (dict(noise="uniform:-2"), ">= 0")])
 def test_sampler_rejects_bad_input(kwargs, match):

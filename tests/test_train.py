@@ -66,13 +66,15 @@ def test_a_run_of_later_seeds_starts_as_those_seeds_of_a_larger_run():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("wide", [(0.0, 1.0), (0.5, 2.0)])
-def test_the_training_loss_estimates_the_expected_loss_with_or_without_importance_sampling(wide):
+@pytest.mark.parametrize("sampling", [{}, dict(wide_fraction=0.5, wide_scale=2.0),
+                                      dict(spike_fraction=0.3, spike_scale=2.0)])
+def test_the_training_loss_estimates_the_expected_loss_with_or_without_importance_sampling(sampling):
     """Batch losses of the one-step-optimal 1-layer model, plain or importance-
-    sampled (wide = (fraction, scale)), average to its analytic expected loss,
-    within 4 standard errors of the mean of 8 batches."""
-    config = TrainConfig("diag", 1, "uniform:3", batch=50_000, wide_fraction=wide[0], wide_scale=wide[1])
-    assert config.program == replace(config, wide_fraction=0.0).program  # it is data: one compiled program
+    sampled (large ‖w‖, or a spike in X's spectrum), average to its analytic expected
+    loss, within 4 standard errors of the mean of 8 batches."""
+    config = TrainConfig("diag", 1, "uniform:3", batch=50_000, **sampling)
+    plain = replace(config, wide_fraction=0.0, spike_fraction=0.0)
+    assert config.program == plain.program  # it is data: one compiled program
     s2 = lticl.as_noise(config.noise).second_moment
     eta = best_one_step_size(config.n, config.d, s2)
     params = lticl.Params("diag", config.d, jnp.array([[[0.0, 1.0]]]), jnp.array([[[-eta, 0.0]]]))
@@ -241,6 +243,8 @@ def test_a_failed_config_does_not_stop_its_group():
     (dict(lr_backoff=1.0), "lr_backoff"), (dict(seeds=0), "seeds must be >= 1"),
     (dict(first_seed=-1), "first_seed must be >= 0"), (dict(first_seed=1.5), "first_seed must be an integer"),
     (dict(wide_fraction=1.0), "wide_fraction must be in"), (dict(wide_scale=0.5), "wide_scale >= 1"),
+    (dict(spike_fraction=-0.1), "spike_fraction must be in"), (dict(spike_scale=0.9), "spike_scale >= 1"),
+    (dict(spike_fraction=0.1, wide_fraction=0.1), "exclusive"),
 ])
 def test_config_rejects_bad_values(kwargs, match):
     with pytest.raises(ValueError, match=match):

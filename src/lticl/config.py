@@ -76,6 +76,13 @@ class TrainConfig:
     # (tasks.mixture_tasks).
     wide_fraction: float = _data(0.0)
     wide_scale: float = _data(2.0)
+    # Importance sampling of the spectrum: this fraction of each batch draws its context
+    # inputs with covariance I + (spike_scale² − 1)·u uᵀ along a random direction u, so
+    # that training meets the large λ_max(XᵀX/n) where low-noise models blow up, far
+    # beyond the largest of a million plain sequences; reweighted to stay unbiased
+    # (tasks.mixture_tasks).
+    spike_fraction: float = _data(0.0)
+    spike_scale: float = _data(2.0)
     # Stratified batches (tasks.stratified_batch): this fraction of each batch is
     # drawn from the `stratum` sequences with the largest tail score among
     # `stratum_pool` fresh ones of the training stream, the rest fresh from below
@@ -141,15 +148,20 @@ class TrainConfig:
         if self.n * (self.d + 1) > MAX_CONTEXT:
             raise ValueError(f"n × (d + 1) = {self.n * (self.d + 1):,} numbers per sequence is above lticl's limit "
                              f"of {MAX_CONTEXT:,}")
-        for name in ("lr", "clip", "explode", "init_scale", "wide_scale", "final_lr_fraction"):
+        for name in ("lr", "clip", "explode", "init_scale", "wide_scale", "spike_scale",
+                     "final_lr_fraction"):
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"{name} must be finite, got {getattr(self, name)}")
         for name in ("lr", "clip", "explode"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        if not 0 <= self.wide_fraction < 1 or not self.wide_scale >= 1:
-            raise ValueError(f"wide_fraction must be in [0, 1) and wide_scale >= 1, got {self.wide_fraction} "
-                             f"and {self.wide_scale}")
+        for name in ("wide", "spike"):
+            fraction, scale = getattr(self, f"{name}_fraction"), getattr(self, f"{name}_scale")
+            if not 0 <= fraction < 1 or not scale >= 1:
+                raise ValueError(f"{name}_fraction must be in [0, 1) and {name}_scale >= 1, got {fraction} and {scale}")
+        if self.spike_fraction and self.wide_fraction:
+            raise ValueError("wide and spike importance sampling are exclusive; set one of wide_fraction and "
+                             "spike_fraction to 0")
         object.__setattr__(self, "stratum", positive_int(self.stratum, "stratum", minimum=0))
         object.__setattr__(self, "stratum_pool", positive_int(self.stratum_pool, "stratum_pool"))
         if self.stratum_fraction != 0 and not (self.stratum and 1 / self.batch <= self.stratum_fraction < 1):

@@ -77,7 +77,8 @@ class TrainState(NamedTuple):
     key: Array  # the seed's training data stream
     atoms: Array  # the training noise setting (noise_atoms), (MAX_ATOMS, 2)
     count: Array  # int: how many rows of atoms are used
-    wide: Array  # (wide_fraction, wide_scale): importance sampling of w (tasks.mixture_tasks)
+    wide: Array  # (wide_fraction, wide_scale, spike_fraction, spike_scale): importance sampling of w and
+    # of X's spectrum (tasks.mixture_tasks)
     good_params: Params  # the last parameters whose batch loss passed the check
     good_opt_state: optax.OptState
     bank: Tasks  # the top stratum's sequences (stratified_batch); one zero sequence where off
@@ -188,10 +189,10 @@ def init_state(config: TrainConfig, start: Params | None = None) -> TrainState:
     def one(k, begin=None):
         params = initial_params(config, jax.random.fold_in(jax.random.key(config.seed), k)) if begin is None else begin
         zero, opt_state = jnp.zeros((), jnp.int32), opt.init(params)
+        sampling = [config.wide_fraction, config.wide_scale, config.spike_fraction, config.spike_scale]
         return TrainState(params, opt_state, zero, jnp.ones(()), zero, zero, zero,
                           jax.random.fold_in(train_key, k), jnp.asarray(atoms), jnp.asarray(count, jnp.int32),
-                          jnp.asarray([config.wide_fraction, config.wide_scale], jnp.float32), params, opt_state,
-                          bank, strata)
+                          jnp.asarray(sampling, jnp.float32), params, opt_state, bank, strata)
 
     return jax.vmap(one)(seeds) if start is None else jax.vmap(one)(seeds, start)
 
@@ -201,7 +202,7 @@ def training_batch(config: TrainConfig, key: Array, atoms: Array, count: Array, 
     """One training batch, the weights that keep its mean loss unbiased, and the
     sequences' context lengths (None where every sequence has config.n points)."""
     sigma = _draw_sigma(sigma_key(key), atoms, count, config.batch)
-    t, weight = mixture_tasks(key, sigma, config.n, config.d, wide[0], wide[1])
+    t, weight = mixture_tasks(key, sigma, config.n, config.d, *wide)
     lengths = draw_lengths(key, config.batch, *config.context_lengths) if config.n_min else None
     return (*(stratified_batch(key, t, weight, bank, strata) if config.stratum else (t, weight)), lengths)
 
@@ -215,8 +216,8 @@ def _loss_of_w(config: TrainConfig, t, weight: Array) -> Callable[[Array], Array
 
 def objective(config: TrainConfig) -> Callable[..., Array]:
     """(params, key, *batch_data(state)) -> the weighted mean loss on one training
-    batch (importance-weighted where wide = (fraction, scale) has fraction > 0,
-    stratified where the state's stratum is on)."""
+    batch (importance-weighted where the state's wide or spike fraction is above 0,
+    stratified where its stratum is on)."""
 
     def loss(params: Params, key: Array, *data) -> Array:
         t, weight, lengths = training_batch(config, key, *data)

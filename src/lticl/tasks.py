@@ -25,7 +25,7 @@ from .noise import NoiseLike, as_noise
 # the total: 100k evaluation sequences are a prefix of 1M.
 CHUNK = 8192
 
-_STREAM = {"w": 0, "x": 1, "sigma": 2, "xi": 3, "query": 4, "length": 5}
+_STREAM = {"w": 0, "x": 1, "sigma": 2, "xi": 3, "query": 4, "length": 5, "spike": 6}
 
 
 class Tasks(NamedTuple):
@@ -93,19 +93,31 @@ def tasks_given_sigma(key, sigma, n, d):
     return _tasks(key, sigma, n, d, 1.0)
 
 
-def _tasks(key, sigma, n, d, w_scale):
+def _tasks(key, sigma, n, d, w_scale, x_spike=None):
+    """`x_spike` = (scale (B,), directions (B, d)): x_i ↦ x_i + (scale − 1)(u·x_i)u per
+    sequence, context only; a scale of 1 leaves x as drawn."""
     batch, dtype = sigma.shape[0], sigma.dtype
     k = {name: _stream(key, name) for name in _STREAM}
     w = jax.random.normal(k["w"], (batch, d), dtype) * w_scale
     x = jax.random.normal(k["x"], (batch, n, d), dtype)
+    if x_spike is not None:
+        scale, u = x_spike
+        x = x + ((scale - 1)[:, None] * jnp.einsum("bnd,bd->bn", x, u))[:, :, None] * u[:, None, :]
     xi = jax.random.normal(k["xi"], (batch, n), dtype) * sigma[:, None]
     y = jnp.einsum("bnd,bd->bn", x, w) + xi
     x_query = jax.random.normal(k["query"], (batch, d), dtype)
     return Tasks(x, y, w, sigma, x_query, jnp.einsum("bd,bd->b", x_query, w))
 
 
+def _mixture_weight(log_ratio, alpha):
+    """p/q for q = (1 − α)·p + α·q_wide, from log(q_wide/p); in log space, so that
+    α = 0 gives weight 1 and a huge ratio gives weight 0, its limit."""
+    return jnp.exp(-jnp.logaddexp(jnp.log1p(-alpha), jnp.log(alpha) + log_ratio))
+
+
 @partial(jax.jit, static_argnums=(2, 3))
-def mixture_tasks(key, sigma, n: int, d: int, fraction, scale) -> tuple[Tasks, Array]:
+def mixture_tasks(key, sigma, n: int, d: int, fraction, scale, spike_fraction=0.0, spike_scale=1.0
+                  ) -> tuple[Tasks, Array]:
     """Sequences whose first round(fraction·B) have w ~ N(0, scale²·I) instead of
     N(0, I), and the importance weights p(w)/q(w) (B,) that keep a weighted mean an
     unbiased estimate of the mean under p, with q = (1 − α)·N(0, I) + α·N(0, scale²·I)
@@ -114,16 +126,32 @@ def mixture_tasks(key, sigma, n: int, d: int, fraction, scale) -> tuple[Tasks, A
     with a weight of at most 1/(1 − α). The other draws are those of
     `tasks_given_sigma`: with fraction 0 the tasks are the same (to rounding) and every
     weight 1.
-    `fraction` and `scale` may be traced (data of a vmapped training state)."""
+
+    Likewise the last round(spike_fraction·B) sequences draw their context inputs with
+    covariance I + (spike_scale² − 1)·u uᵀ, u one of the d columns of an orthonormal
+    basis drawn per batch, chosen uniformly: a large λ_max(XᵀX/n), where low-noise
+    models have theirs, far beyond what a million plain sequences hold. Their weight is
+    p(X)/q(X) with q the mixture over the d directions and the plain draw, at most
+    1/(1 − β). The two mixtures are meant to be used one at a time (TrainConfig).
+    The fractions and scales may be traced (data of a vmapped training state)."""
     batch, dtype = sigma.shape[0], sigma.dtype
     wide = jnp.round(fraction * batch)
     w_scale = jnp.where(jnp.arange(batch) < wide, scale, 1).astype(dtype)[:, None]
-    t = _tasks(key, sigma, n, d, w_scale)
-    # log q_wide(w)/p(w) = −d·log(scale) + ½‖w‖²(1 − 1/scale²); in log space, so that
-    # α = 0 gives weight 1 and a huge ratio gives weight 0, its limit.
+    spiked = jnp.round(spike_fraction * batch)
+    x_scale = jnp.where(jnp.arange(batch) >= batch - spiked, spike_scale, 1).astype(dtype)
+    k = _stream(key, "spike")
+    basis = jnp.linalg.qr(jax.random.normal(jax.random.fold_in(k, 0), (d, d), dtype))[0]
+    u = basis.T[jax.random.randint(jax.random.fold_in(k, 1), (batch,), 0, d)]
+    t = _tasks(key, sigma, n, d, w_scale, (x_scale, u))
+    # log q_wide(w)/p(w) = −d·log(scale) + ½‖w‖²(1 − 1/scale²)
     alpha = (wide / batch).astype(dtype)
-    log_ratio = -d * jnp.log(scale) + 0.5 * jnp.sum(t.w**2, axis=1) * (1 - scale**-2.0)
-    return t, jnp.exp(-jnp.logaddexp(jnp.log1p(-alpha), jnp.log(alpha) + log_ratio))
+    weight = _mixture_weight(-d * jnp.log(scale) + 0.5 * jnp.sum(t.w**2, axis=1) * (1 - scale**-2.0), alpha)
+    # log q_u(X)/p(X) = −n·log(spike_scale) + ½‖Xu‖²(1 − 1/spike_scale²), averaged over the basis
+    beta = (spiked / batch).astype(dtype)
+    projected = jnp.sum(jnp.einsum("bnd,dk->bnk", t.x, basis) ** 2, axis=1)
+    log_ratio = -n * jnp.log(spike_scale) + 0.5 * projected * (1 - spike_scale**-2.0)
+    mean_ratio = jax.scipy.special.logsumexp(log_ratio, axis=1) - jnp.log(d)
+    return t, weight * jnp.where(beta > 0, _mixture_weight(mean_ratio, beta), 1)
 
 
 def sample_tasks(key: Array, noise: NoiseLike, batch: int, n: int, d: int, dtype=jnp.float32) -> Tasks:
@@ -224,5 +252,6 @@ def stratified_batch(key: Array, fresh: Tasks, weight: Array, bank: Tasks, strat
     t = jax.tree.map(lambda a, b: jnp.where(banked.reshape((-1,) + (1,) * (a.ndim - 1)), b.astype(a.dtype), a),
                      fresh, pick)
     below = ~banked & (tail_score(fresh) < threshold)
-    stratified = jnp.where(banked, p * size / jnp.maximum(m, 1), (1 - p) * size / jnp.maximum(jnp.sum(below), 1))
+    mass = jnp.sum(jnp.where(below, weight, 0))
+    stratified = jnp.where(banked, p * size / jnp.maximum(m, 1), (1 - p) * size * weight / jnp.where(mass > 0, mass, 1))
     return t, jnp.where(p > 0, jnp.where(banked | below, stratified, 0.0), weight).astype(weight.dtype)
