@@ -42,7 +42,8 @@ def test_the_stratified_objective_is_unbiased_for_the_one_layer_loss():
     for config in (plain, strat, spiked):
         values = _estimates(config, params, 600)
         sem = values.std(ddof=1) / np.sqrt(values.size)
-        assert abs(values.mean() - exact) < 4 * sem, (config.stratum_fraction, config.spike_fraction, values.mean(), exact, sem)
+        assert abs(values.mean() - exact) < 4 * sem, \
+            (config.stratum_fraction, config.spike_fraction, values.mean(), exact, sem)
 
     # the stratified batch does hold the top stratum: its tail scores are far higher
     state = init_state(strat)

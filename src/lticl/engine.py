@@ -77,8 +77,7 @@ class TrainState(NamedTuple):
     key: Array  # the seed's training data stream
     atoms: Array  # the training noise setting (noise_atoms), (MAX_ATOMS, 2)
     count: Array  # int: how many rows of atoms are used
-    wide: Array  # (wide_fraction, wide_scale, spike_fraction, spike_scale): importance sampling of w and
-    # of X's spectrum (tasks.mixture_tasks)
+    sampling: Array  # (wide_fraction, wide_scale, spike_fraction, spike_scale) (tasks.mixture_tasks)
     good_params: Params  # the last parameters whose batch loss passed the check
     good_opt_state: optax.OptState
     bank: Tasks  # the top stratum's sequences (stratified_batch); one zero sequence where off
@@ -88,7 +87,7 @@ class TrainState(NamedTuple):
 def batch_data(state: TrainState) -> tuple:
     """What a state's training batches are drawn from, after the key: the arguments
     of `objective(config)` and `loss_and_grad(config)` after (params, key)."""
-    return state.atoms, state.count, state.wide, state.bank, state.strata
+    return state.atoms, state.count, state.sampling, state.bank, state.strata
 
 
 def _strata(config: TrainConfig) -> tuple[Tasks, Array]:
@@ -197,12 +196,12 @@ def init_state(config: TrainConfig, start: Params | None = None) -> TrainState:
     return jax.vmap(one)(seeds) if start is None else jax.vmap(one)(seeds, start)
 
 
-def training_batch(config: TrainConfig, key: Array, atoms: Array, count: Array, wide: Array, bank: Tasks,
+def training_batch(config: TrainConfig, key: Array, atoms: Array, count: Array, sampling: Array, bank: Tasks,
                    strata: Array):
     """One training batch, the weights that keep its mean loss unbiased, and the
     sequences' context lengths (None where every sequence has config.n points)."""
     sigma = _draw_sigma(sigma_key(key), atoms, count, config.batch)
-    t, weight = mixture_tasks(key, sigma, config.n, config.d, *wide)
+    t, weight = mixture_tasks(key, sigma, config.n, config.d, *sampling)
     lengths = draw_lengths(key, config.batch, *config.context_lengths) if config.n_min else None
     return (*(stratified_batch(key, t, weight, bank, strata) if config.stratum else (t, weight)), lengths)
 
