@@ -16,7 +16,8 @@ from lticl.metrics import evaluate_baselines
 from lticl.paper import PAPER_D, PAPER_N, paper_settings, paper_value
 from lticl.reproduce import Reproduction
 from lticl.sweep import Sweep
-from lticl.table1 import row, tolerance_ok
+from lticl.selection import tail_limit
+from lticl.table1 import markdown, row, tolerance_ok
 
 
 def test_tolerance_rule():
@@ -32,6 +33,19 @@ def test_a_tail_miss_is_a_cell_within_tolerance_that_one_tail_sequence_pushes_ou
     # a cell already out of tolerance is a plain miss, not a tail miss; an overflow is a tail
     assert not row("full", 3, "uniform:5", 0.2, 0.1, tail_worst=6000.0, tail_pool=10**6)["tail_miss"]
     assert row("full", 3, "uniform:5", 0.1, 0.1, tail_worst=float("nan"), tail_pool=10**6)["tail_miss"]
+
+
+def test_every_miss_is_marked_with_its_kind():
+    tame = tail_limit(PAPER_D)
+    cases = {"": row("full", 3, "uniform:5", 0.1, 0.1, worst=10 * tame),  # within, however wild
+             "gap": row("full", 3, "uniform:5", 0.2, 0.1, worst=tame),
+             "heavy tail": row("full", 3, "uniform:5", 0.2, 0.1, worst=1.01 * tame),
+             "tail": row("full", 3, "uniform:5", 0.1, 0.1, worst=1.0, tail_worst=6000.0, tail_pool=10**6)}
+    assert {kind: r["kind"] for kind, r in cases.items()} == {kind: kind for kind in cases}
+    assert row("full", 3, "uniform:5", 0.2, 0.1, worst=float("nan"))["kind"] == "heavy tail"
+    text = markdown(list(cases.values()), "smoke")
+    assert "✗ (gap)" in text and "✗ (heavy tail)" in text and "✗ (tail)" in text
+    assert "1 of 4 cells are within it" in text and "1 *gap*, 1 *heavy tail*, 1 *tail* and 0" in text
 
 
 def test_table1_reads_every_cell_the_paper_reports_and_figures_read_only_those():
