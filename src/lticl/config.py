@@ -40,8 +40,11 @@ def parse_n(text: str) -> tuple[int, int]:
     return low, high
 
 
-def _data(default):
-    return field(default=default, metadata={"data": True})
+def _data(default, on=None):
+    """A DATA field. `on`: the field is a fraction that switches work on or off; the
+    program keeps only whether it is on, holding `on` where it is (so the compiled
+    step skips the work where it is off)."""
+    return field(default=default, metadata={"data": True, "on": on})
 
 
 @dataclass(frozen=True)
@@ -74,14 +77,14 @@ class TrainConfig:
     # Importance sampling of training batches: this fraction of each batch draws
     # w ~ N(0, wide_scale²·I), and the loss is reweighted to stay unbiased
     # (tasks.mixture_tasks).
-    wide_fraction: float = _data(0.0)
+    wide_fraction: float = _data(0.0, on=0.5)
     wide_scale: float = _data(2.0)
     # Importance sampling of the spectrum: this fraction of each batch draws its context
     # inputs with covariance I + (spike_scale² − 1)·u uᵀ along a random direction u, so
     # that training meets the large λ_max(XᵀX/n) where low-noise models blow up, far
     # beyond the largest of a million plain sequences; reweighted to stay unbiased
     # (tasks.mixture_tasks).
-    spike_fraction: float = _data(0.0)
+    spike_fraction: float = _data(0.0, on=0.5)
     spike_scale: float = _data(2.0)
     # Stratified batches (tasks.stratified_batch): this fraction of each batch is
     # drawn from the `stratum` sequences with the largest tail score among
@@ -188,5 +191,8 @@ class TrainConfig:
     @cached_property
     def program(self) -> "TrainConfig":
         """What the compiled training step depends on: this config with every DATA
-        field at its default, so that configs differing only there share one program."""
-        return replace(self, **{f.name: f.default for f in fields(self) if f.metadata.get("data")})
+        field at its default, so that configs differing only there share one program;
+        a switch (`_data(on=…)`) keeps whether it is on."""
+        def kept(f):
+            return f.metadata["on"] if f.metadata["on"] is not None and getattr(self, f.name) else f.default
+        return replace(self, **{f.name: kept(f) for f in fields(self) if f.metadata.get("data")})

@@ -201,7 +201,9 @@ def training_batch(config: TrainConfig, key: Array, atoms: Array, count: Array, 
     """One training batch, the weights that keep its mean loss unbiased, and the
     sequences' context lengths (None where every sequence has config.n points)."""
     sigma = _draw_sigma(sigma_key(key), atoms, count, config.batch)
-    t, weight = mixture_tasks(key, sigma, config.n, config.d, *sampling)
+    # config is the program: each importance sampling is compiled in only where it is on
+    t, weight = mixture_tasks(key, sigma, config.n, config.d, (sampling[0], sampling[1]) if config.wide_fraction else None,
+                              (sampling[2], sampling[3]) if config.spike_fraction else None)
     lengths = draw_lengths(key, config.batch, *config.context_lengths) if config.n_min else None
     return (*(stratified_batch(key, t, weight, bank, strata) if config.stratum else (t, weight)), lengths)
 

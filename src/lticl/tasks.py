@@ -116,42 +116,55 @@ def _mixture_weight(log_ratio, alpha):
 
 
 @partial(jax.jit, static_argnums=(2, 3))
-def mixture_tasks(key, sigma, n: int, d: int, fraction, scale, spike_fraction=0.0, spike_scale=1.0
-                  ) -> tuple[Tasks, Array]:
-    """Sequences whose first round(fraction·B) have w ~ N(0, scale²·I) instead of
-    N(0, I), and the importance weights p(w)/q(w) (B,) that keep a weighted mean an
-    unbiased estimate of the mean under p, with q = (1 − α)·N(0, I) + α·N(0, scale²·I)
-    and α the fraction actually drawn (a deterministic mixture). Large-‖w‖ sequences,
-    where trained models have their heavy tails, are then met far more often, each
-    with a weight of at most 1/(1 − α). The other draws are those of
-    `tasks_given_sigma`: with fraction 0 the tasks are the same (to rounding) and every
-    weight 1.
+def mixture_tasks(key, sigma, n: int, d: int, wide=None, spike=None) -> tuple[Tasks, Array]:
+    """Sequences drawn from a mixture, and the importance weights p/q (B,) that keep a
+    weighted mean an unbiased estimate of the mean under the plain draw p.
 
-    Likewise the last round(spike_fraction·B) sequences draw their context inputs with
-    covariance I + (spike_scale² − 1)·u uᵀ, u one of the d columns of an orthonormal
-    basis drawn per batch, chosen uniformly: a large λ_max(XᵀX/n), where low-noise
-    models have theirs, far beyond what a million plain sequences hold. Their weight is
-    p(X)/q(X) with q the mixture over the d directions and the plain draw, at most
-    1/(1 − β). The two mixtures are meant to be used one at a time (TrainConfig).
-    The fractions and scales may be traced (data of a vmapped training state)."""
+    `wide` = (fraction, scale): the first round(fraction·B) sequences have
+    w ~ N(0, scale²·I) instead of N(0, I), so q = (1 − α)·N(0, I) + α·N(0, scale²·I)
+    with α the fraction actually drawn (a deterministic mixture). Large-‖w‖
+    sequences, where trained models have their heavy tails, are met far more often,
+    each with a weight of at most 1/(1 − α).
+
+    `spike` = (fraction, scale): the last round(fraction·B) sequences draw their
+    context inputs with covariance I + (scale² − 1)·u uᵀ, u one of the d columns of an
+    orthonormal basis drawn per batch, chosen uniformly: a large λ_max(XᵀX/n), where
+    low-noise models have theirs, far beyond what a million plain sequences hold.
+    Their weight is p(X)/q(X) with q the mixture over the d directions and the plain
+    draw, at most 1/(1 − β).
+
+    The two are meant to be used one at a time (TrainConfig); their fractions and
+    scales may be traced (data of a vmapped training state). None skips one at no
+    cost; a fraction of 0 gives the same tasks, every weight 1, through traced
+    arithmetic. The other draws are those of `tasks_given_sigma`."""
     batch, dtype = sigma.shape[0], sigma.dtype
-    wide = jnp.round(fraction * batch)
-    w_scale = jnp.where(jnp.arange(batch) < wide, scale, 1).astype(dtype)[:, None]
-    spiked = jnp.round(spike_fraction * batch)
-    x_scale = jnp.where(jnp.arange(batch) >= batch - spiked, spike_scale, 1).astype(dtype)
-    k = _stream(key, "spike")
-    basis = jnp.linalg.qr(jax.random.normal(jax.random.fold_in(k, 0), (d, d), dtype))[0]
-    u = basis.T[jax.random.randint(jax.random.fold_in(k, 1), (batch,), 0, d)]
-    t = _tasks(key, sigma, n, d, w_scale, (x_scale, u))
-    # log q_wide(w)/p(w) = −d·log(scale) + ½‖w‖²(1 − 1/scale²)
-    alpha = (wide / batch).astype(dtype)
-    weight = _mixture_weight(-d * jnp.log(scale) + 0.5 * jnp.sum(t.w**2, axis=1) * (1 - scale**-2.0), alpha)
-    # log q_u(X)/p(X) = −n·log(spike_scale) + ½‖Xu‖²(1 − 1/spike_scale²), averaged over the basis
-    beta = (spiked / batch).astype(dtype)
-    projected = jnp.sum(jnp.einsum("bnd,dk->bnk", t.x, basis) ** 2, axis=1)
-    log_ratio = -n * jnp.log(spike_scale) + 0.5 * projected * (1 - spike_scale**-2.0)
-    mean_ratio = jax.scipy.special.logsumexp(log_ratio, axis=1) - jnp.log(d)
-    return t, weight * jnp.where(beta > 0, _mixture_weight(mean_ratio, beta), 1)
+    rows = jnp.arange(batch)
+    weight = jnp.ones(batch, dtype)
+    if wide is not None:
+        fraction, scale = wide
+        drawn = jnp.round(fraction * batch)
+        w_scale = jnp.where(rows < drawn, scale, 1).astype(dtype)[:, None]
+    x_spike = None
+    if spike is not None:
+        spike_fraction, spike_scale = spike
+        spiked = jnp.round(spike_fraction * batch)
+        k = _stream(key, "spike")
+        basis = jnp.linalg.qr(jax.random.normal(jax.random.fold_in(k, 0), (d, d), dtype))[0]
+        u = basis.T[jax.random.randint(jax.random.fold_in(k, 1), (batch,), 0, d)]
+        x_spike = (jnp.where(rows >= batch - spiked, spike_scale, 1).astype(dtype), u)
+    t = _tasks(key, sigma, n, d, 1.0 if wide is None else w_scale, x_spike)
+    if wide is not None:
+        # log q_wide(w)/p(w) = −d·log(scale) + ½‖w‖²(1 − 1/scale²)
+        log_ratio = -d * jnp.log(scale) + 0.5 * jnp.sum(t.w**2, axis=1) * (1 - scale**-2.0)
+        weight = weight * _mixture_weight(log_ratio, (drawn / batch).astype(dtype))
+    if spike is not None:
+        # log q_u(X)/p(X) = −n·log(scale) + ½‖Xu‖²(1 − 1/scale²), averaged over the basis
+        beta = (spiked / batch).astype(dtype)
+        projected = jnp.sum(jnp.einsum("bnd,dk->bnk", t.x, basis) ** 2, axis=1)
+        log_ratio = -n * jnp.log(spike_scale) + 0.5 * projected * (1 - spike_scale**-2.0)
+        mean_ratio = jax.scipy.special.logsumexp(log_ratio, axis=1) - jnp.log(d)
+        weight = weight * jnp.where(beta > 0, _mixture_weight(mean_ratio, beta), 1)
+    return t, weight
 
 
 def sample_tasks(key: Array, noise: NoiseLike, batch: int, n: int, d: int, dtype=jnp.float32) -> Tasks:
