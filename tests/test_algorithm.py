@@ -80,6 +80,7 @@ def test_compare_cli_runs_the_suite(tmp_path, key):
     assert rows["uniform:2, n=20"]["model"] == rows["uniform:2, n=20"]["model, G·n₀/n"]
 
 
+@pytest.mark.slow
 def test_compare_cli_sets_models_side_by_side_on_a_grid(tmp_path, key):
     """Two models (plain and normalised) on an n × σ grid of adjusted losses: one row
     per (σ, n); the oracle's adjusted loss would be 0, so every solver's is ≥ 0 up to

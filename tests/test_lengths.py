@@ -136,6 +136,7 @@ def test_context_length_ranges_in_configs():
     assert len({config_hash(base), config_hash(replace(base, normalised=True)), config_hash(c)}) == 3
 
 
+@pytest.mark.slow
 def test_range_training_batches_and_starts():
     """A range config draws lengths over its whole range; a normalised model's GD
     start, built for the smallest length, stays below the loss of predicting 0 (d/2)

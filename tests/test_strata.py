@@ -25,6 +25,7 @@ def _estimates(config, params, batches):
     return np.array([float(loss(params, jax.random.key(k), *data)) for k in range(batches)])
 
 
+@pytest.mark.slow
 def test_the_stratified_objective_is_unbiased_for_the_one_layer_loss():
     """A 1-layer GD model with the best step has expected loss ½(d − n d η*) exactly
     (theory.best_one_layer_loss). The mean of stratified batch losses meets it within 4

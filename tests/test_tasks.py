@@ -107,6 +107,7 @@ def test_mixture_weights_give_unbiased_means_and_see_the_tail_more_often():
     np.testing.assert_allclose(t.w[:120_000], 1.7 * plain.w[:120_000], rtol=1e-15)
 
 
+@pytest.mark.slow
 def test_spiked_spectra_are_weighted_to_the_plain_expectation():
     """A share of sequences drawn with a spike of scale 2 in XᵀX, weighted by p/q
     over the mixture of the basis's directions, gives E tr((XᵀX/n)²) = d(n + d + 1)/n
