@@ -202,8 +202,9 @@ def training_batch(config: TrainConfig, key: Array, atoms: Array, count: Array, 
     sequences' context lengths (None where every sequence has config.n points)."""
     sigma = _draw_sigma(sigma_key(key), atoms, count, config.batch)
     # config is the program: each importance sampling is compiled in only where it is on
-    t, weight = mixture_tasks(key, sigma, config.n, config.d, (sampling[0], sampling[1]) if config.wide_fraction else None,
-                              (sampling[2], sampling[3]) if config.spike_fraction else None)
+    wide = (sampling[0], sampling[1]) if config.wide_fraction else None
+    spike = (sampling[2], sampling[3]) if config.spike_fraction else None
+    t, weight = mixture_tasks(key, sigma, config.n, config.d, wide, spike)
     lengths = draw_lengths(key, config.batch, *config.context_lengths) if config.n_min else None
     return (*(stratified_batch(key, t, weight, bank, strata) if config.stratum else (t, weight)), lengths)
 
