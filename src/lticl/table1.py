@@ -121,7 +121,7 @@ def _fmt(v: float) -> str:
 def _mark(r: dict) -> str:
     mark = "✓" if r["within"] else "✗"
     mark += "" if r["usable"] else " (no usable seed)"
-    mark += f" ({r['kind']})" if r["kind"] and not r["below_bound"] else ""
+    mark += f" ({r['kind']})" if r["kind"] not in ("", "below bound") else ""
     return mark + (f" (paper below bound {_fmt(r['bound'])})" if r["below_bound"] else "")
 
 

@@ -139,12 +139,11 @@ def mixture_tasks(key, sigma, n: int, d: int, wide=None, spike=None) -> tuple[Ta
     arithmetic. The other draws are those of `tasks_given_sigma`."""
     batch, dtype = sigma.shape[0], sigma.dtype
     rows = jnp.arange(batch)
-    weight = jnp.ones(batch, dtype)
+    weight, w_scale, x_spike = jnp.ones(batch, dtype), 1.0, None
     if wide is not None:
         fraction, scale = wide
         drawn = jnp.round(fraction * batch)
         w_scale = jnp.where(rows < drawn, scale, 1).astype(dtype)[:, None]
-    x_spike = None
     if spike is not None:
         spike_fraction, spike_scale = spike
         spiked = jnp.round(spike_fraction * batch)
@@ -152,7 +151,7 @@ def mixture_tasks(key, sigma, n: int, d: int, wide=None, spike=None) -> tuple[Ta
         basis = jnp.linalg.qr(jax.random.normal(jax.random.fold_in(k, 0), (d, d), dtype))[0]
         u = basis.T[jax.random.randint(jax.random.fold_in(k, 1), (batch,), 0, d)]
         x_spike = (jnp.where(rows >= batch - spiked, spike_scale, 1).astype(dtype), u)
-    t = _tasks(key, sigma, n, d, 1.0 if wide is None else w_scale, x_spike)
+    t = _tasks(key, sigma, n, d, w_scale, x_spike)
     if wide is not None:
         # log q_wide(w)/p(w) = −d·log(scale) + ½‖w‖²(1 − 1/scale²)
         log_ratio = -d * jnp.log(scale) + 0.5 * jnp.sum(t.w**2, axis=1) * (1 - scale**-2.0)
