@@ -52,3 +52,10 @@ def assert_one_line_error(r, match):
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and match in lines[0], r.stderr
     assert "Traceback" not in r.stderr
+
+
+def pytest_collection_modifyitems(items):
+    """The smoke reproduction's tests first: under pytest-xdist (`--dist loadscope`,
+    no reorder) its module then starts at once on one worker while the other
+    workers take the rest, rather than starting last and running alone."""
+    items.sort(key=lambda item: "smoke" not in getattr(item, "fixturenames", ()))
