@@ -8,8 +8,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lticl
-from lticl.tasks import (CHUNK, data_key, mixture_tasks, stack_chunks, tail_score, tail_tasks, task_chunks,
+from lticl.tasks import (CHUNK, data_key, mixture_tasks, normal, stack_chunks, tail_score, tail_tasks, task_chunks,
                          tasks_given_sigma)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+@pytest.mark.parametrize("shape", [(3,), (7, 5), (2, 3, 4), (1, 1, 9), (64, 20, 10)])
+def test_a_flat_draw_is_jaxs_shaped_draw_bit_for_bit(shape, dtype):
+    """tasks.normal draws flat and reshapes, for XLA's sake: the numbers are those of
+    jax.random.normal with the shape, eagerly, jitted and vmapped over keys."""
+    key = jax.random.key(11)
+    np.testing.assert_array_equal(normal(key, shape, dtype), jax.random.normal(key, shape, dtype))
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(3))
+    ours = jax.jit(jax.vmap(lambda k: normal(k, shape, dtype)))(keys)
+    np.testing.assert_array_equal(ours, jax.vmap(lambda k: jax.random.normal(k, shape, dtype))(keys))
+    assert ours.shape == (3, *shape) and ours.dtype == dtype
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ import numpy as np
 from jax import Array
 
 from .params import SCALARS, Params, canonical_variant
-from .tasks import positive_int
+from .tasks import normal, positive_int
 
 
 def init_params(
@@ -32,8 +32,8 @@ def init_params(
     return Params(
         variant,
         d,
-        scale * jax.random.normal(kp, p_shape, dtype),
-        scale * jax.random.normal(kq, q_shape, dtype),
+        scale * normal(kp, p_shape, dtype),
+        scale * normal(kq, q_shape, dtype),
     )
 
 

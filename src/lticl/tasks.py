@@ -9,6 +9,7 @@ the noise is drawn never changes w or x.
 
 from __future__ import annotations
 
+import math
 import operator
 import zlib
 from functools import lru_cache, partial
@@ -71,6 +72,13 @@ def check_key(key) -> None:
                          f"{'' if not hasattr(key, 'dtype') else f' of dtype {key.dtype} and shape {key.shape}'}")
 
 
+def normal(key: Array, shape: tuple[int, ...], dtype=jnp.float32) -> Array:
+    """`jax.random.normal(key, shape, dtype)`, the same numbers bit for bit (threefry
+    counts in row-major order), drawn flat and reshaped: XLA compiles a flat draw
+    several times faster, and on a CPU it runs faster too (BENCHMARKS.md)."""
+    return jax.random.normal(key, (math.prod(shape),), dtype).reshape(shape)
+
+
 def _stream(key: Array, name: str) -> Array:
     return jax.random.fold_in(key, _STREAM[name])
 
@@ -98,14 +106,14 @@ def _tasks(key, sigma, n, d, w_scale, x_spike=None):
     sequence, context only; a scale of 1 leaves x as drawn."""
     batch, dtype = sigma.shape[0], sigma.dtype
     k = {name: _stream(key, name) for name in _STREAM}
-    w = jax.random.normal(k["w"], (batch, d), dtype) * w_scale
-    x = jax.random.normal(k["x"], (batch, n, d), dtype)
+    w = normal(k["w"], (batch, d), dtype) * w_scale
+    x = normal(k["x"], (batch, n, d), dtype)
     if x_spike is not None:
         scale, u = x_spike
         x = x + ((scale - 1)[:, None] * jnp.einsum("bnd,bd->bn", x, u))[:, :, None] * u[:, None, :]
-    xi = jax.random.normal(k["xi"], (batch, n), dtype) * sigma[:, None]
+    xi = normal(k["xi"], (batch, n), dtype) * sigma[:, None]
     y = jnp.einsum("bnd,bd->bn", x, w) + xi
-    x_query = jax.random.normal(k["query"], (batch, d), dtype)
+    x_query = normal(k["query"], (batch, d), dtype)
     return Tasks(x, y, w, sigma, x_query, jnp.einsum("bd,bd->b", x_query, w))
 
 
@@ -148,7 +156,7 @@ def mixture_tasks(key, sigma, n: int, d: int, wide=None, spike=None) -> tuple[Ta
         spike_fraction, spike_scale = spike
         spiked = jnp.round(spike_fraction * batch)
         k = _stream(key, "spike")
-        basis = jnp.linalg.qr(jax.random.normal(jax.random.fold_in(k, 0), (d, d), dtype))[0]
+        basis = jnp.linalg.qr(normal(jax.random.fold_in(k, 0), (d, d), dtype))[0]
         u = basis.T[jax.random.randint(jax.random.fold_in(k, 1), (batch,), 0, d)]
         x_spike = (jnp.where(rows >= batch - spiked, spike_scale, 1).astype(dtype), u)
     t = _tasks(key, sigma, n, d, w_scale, x_spike)

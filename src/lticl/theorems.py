@@ -19,7 +19,7 @@ from .model import implicit_state, weights
 from .noise import Fixed, as_noise
 from .paper import PAPER_D, PAPER_N
 from .params import OMEGA_NAMES, Params, check_params
-from .tasks import positive_int, sample_tasks
+from .tasks import normal, positive_int, sample_tasks
 from .theory import below_bound, linear_bound
 
 # What each check's table shows (`lticl theory NAME`).
@@ -131,8 +131,8 @@ def gdpp_newton_model(mu: np.ndarray, steps: int) -> Params:
 def _design(key, mu: np.ndarray, n: int) -> np.ndarray:
     """X (n, d) whose Σ = XᵀX has eigenvalues mu (random eigenvectors): X = U diag(√μ) Vᵀ."""
     d = mu.size
-    U = np.linalg.qr(np.asarray(jax.random.normal(key, (n, d), jnp.float64)))[0]
-    V = np.linalg.qr(np.asarray(jax.random.normal(jax.random.fold_in(key, 1), (d, d), jnp.float64)))[0]
+    U = np.linalg.qr(np.asarray(normal(key, (n, d), jnp.float64)))[0]
+    V = np.linalg.qr(np.asarray(normal(jax.random.fold_in(key, 1), (d, d), jnp.float64)))[0]
     return U @ np.diag(np.sqrt(mu)) @ V.T
 
 

@@ -13,7 +13,7 @@ from .model import weights
 from .noise import Fixed, as_noise
 from .paper import PAPER_D, PAPER_N
 from .params import Params
-from .tasks import positive_int
+from .tasks import normal, positive_int
 
 def _check(n, d, sigma2_mean) -> tuple[int, int, float]:
     n, d = positive_int(n, "n"), positive_int(d, "d")
@@ -81,7 +81,7 @@ def linear_bound(noise, n: int = PAPER_N, d: int = PAPER_D, sequences: int = 20_
     noise.shrinkage(jnp.ones(1))  # raises for noise without a closed form, before any work
     s2 = noise.second_moment
     with jax.enable_x64(True):
-        x = jax.random.normal(jax.random.key(seed), (sequences, n, d), jnp.float64)
+        x = normal(jax.random.key(seed), (sequences, n, d), jnp.float64)
         mu = jnp.linalg.eigvalsh(jnp.einsum("bnd,bne->bde", x, x))
         adjusted = 0.5 * jnp.sum(Fixed(math.sqrt(s2)).shrinkage(mu) - noise.shrinkage(mu), -1)
         return float(jnp.mean(adjusted)), float(jnp.std(adjusted) / math.sqrt(sequences))
