@@ -13,9 +13,12 @@ import pytest
 jax.config.update("jax_enable_x64", True)
 
 import lticl  # noqa: E402  (after the x64 switch)
-from lticl.devices import use_cpu_cores  # noqa: E402
+from lticl.devices import use_compilation_cache, use_cpu_cores  # noqa: E402
 
 use_cpu_cores(2)  # as the CLI does on a 2-core machine: groups of models spread over both
+# As the CLI does: the test workers, the CLI and the scripts the tests start share one
+# compilation cache, so a program is compiled once per suite, not once per process.
+use_compilation_cache()
 
 N, D = 20, 10  # the paper's sizes
 

@@ -43,12 +43,16 @@ def use_cpu_cores(count: int | None = None) -> int:
 def use_compilation_cache() -> str | None:
     """Keep compiled programs on disk (JAX's persistent compilation cache), so that a
     later run of the same shapes skips XLA's compilation: in $LTICL_COMPILATION_CACHE,
-    default ~/.cache/lticl/xla; "off" turns it off. Returns the directory used."""
+    default ~/.cache/lticl/xla; "off" turns it off. The processes this one starts
+    (Ray's local workers, scripts) inherit it through JAX's own variables. Returns the
+    directory used."""
     path = os.environ.get("LTICL_COMPILATION_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "lticl", "xla"))
     if path.strip().lower() in ("", "off"):
         return None
-    jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    settings = {"jax_compilation_cache_dir": path, "jax_persistent_cache_min_compile_time_secs": 0.2}
+    for name, value in settings.items():
+        jax.config.update(name, value)
+        os.environ[name.upper()] = str(value)
     return path
 
 
