@@ -17,9 +17,10 @@ import pytest
 
 from lticl.config import TrainConfig
 from lticl.engine import init_state
-from lticl.experiments import BUDGETS
+from lticl.experiments import BUDGETS, matching
 from lticl.io import load_npz
 from lticl.paper import paper_value
+from lticl.params import as_full
 from lticl.reproduce import Reproduction
 from lticl.rundir import MODEL, SEEDS, config_hash, continuation_start, load_seeds, run_name
 from lticl.runs import run
@@ -66,6 +67,13 @@ def test_a_continuation_starts_from_its_parent_and_is_deterministic(tmp_path):
         results.append(run(child, tmp_path / root / run_name(child)))
     assert results[0] == {**results[1], "seconds": results[0]["seconds"]}
     assert results[0]["steps"] == 30
+    # a FULL continuation of a DIAG run starts from the FULL model each DIAG seed is
+    full = replace(child, variant="full")
+    state, _ = continuation_start(full, tmp_path / "a" / run_name(parent))
+    start = as_full(load_seeds(tmp_path / "a" / run_name(parent) / SEEDS))
+    np.testing.assert_array_equal(state.params.p, start.p)
+    np.testing.assert_array_equal(state.params.q, start.q)
+    assert run(full, tmp_path / "a" / run_name(full))["steps"] == 30
     # a parent whose seeds were changed after it finished is refused
     with open(tmp_path / "a" / run_name(parent) / SEEDS, "ab") as f:
         f.write(b"\0")
@@ -148,8 +156,8 @@ def test_a_cell_continues_when_it_misses_on_validation_and_never_reads_its_evalu
     _cell(rep, key, paper * 1.2)
     more = rep.continuation(key)
     assert more.continues == run_name(config) and more.first_seed == 1
-    fields = BUDGETS["laptop"].continuation
-    assert all(getattr(more, k) == v for k, v in fields.items())
+    fields = matching(BUDGETS["laptop"].continuation, *key[:2])
+    assert fields and all(getattr(more, k) == v for k, v in fields.items())
     # the cell's own config but for the continuation's fields
     assert replace(more, continues="", first_seed=0, **{k: getattr(config, k) for k in fields}) == config
     # within on validation, but one tail-set sequence would move a mean over the pool out of it
@@ -168,6 +176,16 @@ def test_a_cell_continues_when_it_misses_on_validation_and_never_reads_its_evalu
     _cell(rep, key, paper * 1.2)
     _cell(rep, ("full", 4, "uniform:4"), paper * 1.1, tail_worst=1e6)
     assert rep.continuation(key).continues == run_name(config)  # the shallower one has a heavy tail
+    # DIAG's model of the same depth is a FULL one: the lowest tame start wins
+    diag = _cell(rep, ("diag", 5, "uniform:4"), paper * 1.05)
+    assert rep.continuation(key).continues == run_name(diag)
+    _cell(rep, ("full", 4, "uniform:4"), paper * 1.02)
+    assert rep.continuation(key).continues == run_name(below)
+    _cell(rep, ("diag", 5, "uniform:4"), paper * 1.01, tail_worst=1e6)
+    assert rep.continuation(key).continues == run_name(below)  # DIAG's has a heavy tail
+    _cell(rep, key, paper * 0.5)
+    _cell(rep, ("diag", 5, "uniform:4"), paper * 1.2)
+    assert rep.continuation(("diag", 5, "uniform:4")).continues == run_name(diag)  # FULL never starts DIAG
     # GD++-3 on uniform:5: the paper's value lies below the bound no GD++ model beats
     gdpp = ("gdpp", 3, "uniform:5")
     assert paper_value("gdpp", "uniform:5", 3) < gdpp_bound("uniform:5", 0) - 0.01
@@ -220,6 +238,8 @@ def test_a_learning_curve_says_which_runs_continue_another():
     assert _note(config, config) == ""
     assert _note(replace(config, continues=run_name(config)), config) == " (continued)"
     assert _note(replace(config, continues=run_name(below)), config) == " (grown from 6 layers)"
+    full = replace(config, variant="full")
+    assert _note(replace(full, continues=run_name(config)), full) == " (from DIAG)"
     stratified = replace(config, stratum=1024, stratum_fraction=0.1, first_seed=1)
     assert _note(stratified, config) == " (stratified)"  # a stratified retry of a plain cell
     assert _note(replace(stratified, continues=run_name(stratified)), config) == " (stratified) (continued)"

@@ -8,7 +8,7 @@ from conftest import D, N, gd_like_params, slow_unless
 
 import lticl
 from lticl.model import gram, layer_mixes
-from lticl.params import full_matrices
+from lticl.params import as_full, full_matrices
 
 CASES = [(v, L, H) for v in lticl.VARIANTS for L, H in [(1, 1), (2, 3), (4, 2), (7, 1), (7, 3)]]
 TOL = {jnp.float64: 1e-10, jnp.float32: 1e-4}
@@ -125,6 +125,21 @@ def test_jit_and_vmap_over_seeds():
         assert rel_err(batched[i], lticl.predict(one, t.x, t.y, t.x_query, form="tokens")) <= 1e-10
     jitted = jax.jit(lticl.implicit_state)(jax.tree.map(lambda a: a[0], stacked), t.x, t.y)
     assert rel_err(jitted.w, lticl.implicit_state(jax.tree.map(lambda a: a[0], stacked), t.x, t.y).w) <= 1e-12
+
+
+@pytest.mark.parametrize("variant", ["diag", "gdpp"])
+def test_as_full_is_the_same_model(variant):
+    """DIAG and GD++ seeds stacked on a leading axis, rewritten as FULL: each predicts
+    what it did, to float64 rounding (a FULL continuation may start from DIAG's model)."""
+    keys = jax.random.split(jax.random.key(7), 3)
+    stacked = jax.vmap(lambda k: gd_like_params(k, variant, 3, D, 2, N))(keys)
+    full = as_full(stacked)
+    assert full.variant == "full" and full.p.shape == (3, 3, 2, D + 1, D + 1) and as_full(full) == full
+    t = lticl.sample_tasks(jax.random.key(8), "uniform:2", 16, N, D, jnp.float64)
+    for i in range(3):
+        one, big = (jax.tree.map(lambda a: a[i], m) for m in (stacked, full))
+        assert rel_err(lticl.predict(big, t.x, t.y, t.x_query, form="tokens"),
+                       lticl.predict(one, t.x, t.y, t.x_query, form="tokens")) <= 1e-12
 
 
 @pytest.mark.parametrize("n,d", slow_unless([(1, 1), (1, 3), (5, 1), (3, 7)], set()))

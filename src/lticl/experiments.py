@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .config import TrainConfig
-from .params import canonical_variant
+from .params import MAX_LAYERS, VARIANTS, canonical_variant
 from .paper import paper_settings
 
 
@@ -22,9 +22,10 @@ class Budget:
     overrides: tuple = ()  # (variants, depths, fields), applied in order where both match
     profile_sequences: int = 10_000  # fresh sequences per point of a σ or layer profile
     profile_points: int = 17  # σ values of a per-variance profile
-    # TrainConfig fields of the run that continues a cell whose chosen model misses
-    # Table 1's rule on validation and its tail set (Reproduction.continuation); None: none.
-    continuation: dict | None = None
+    # (variants, depths, fields) for the run that continues a cell whose chosen model
+    # misses Table 1's rule on validation and its tail set (Reproduction.continuation),
+    # applied like `overrides`; a cell that no entry matches is not continued.
+    continuation: tuple = ()
     # (variants, depths, fields) for the new seeds a cell gets when its first model has
     # a heavy tail (Reproduction.retry), applied like `overrides`; none: the first run's.
     retry: tuple = ()
@@ -52,7 +53,8 @@ BUDGETS: dict[str, Budget] = {
         overrides=(*PRECONDITIONED, (("diag",), (7,), dict(steps=4000)), (("full", "diag", "gdpp"), (3,), STRATIFIED)),
         # Deeper models' stratified retries break more often than they help (log/2026-12-03-tails.md).
         retry=((("full", "diag", "gdpp"), range(1, 5), STRATIFIED),),
-        continuation=dict(steps=2000, lr=1e-3)),
+        # FULL's gaps have the gradient's noise for a floor: its continuations take the paper's batch.
+        continuation=((VARIANTS, range(1, MAX_LAYERS + 1), dict(steps=2000, lr=1e-3)), (("full",), range(3, 8), dict(batch=2048)))),
     # For one GPU: the paper's batch, the laptop recipe's schedule and starts, ten
     # times its sequences per model in 2,048-sequence steps, two seeds. Defined, not
     # yet measured on a device (docs/training.md).

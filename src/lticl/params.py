@@ -122,6 +122,13 @@ def full_matrices(params: Params) -> tuple[Array, Array]:
     return diag_matrix(p[..., 0], p[..., 1], params.d), diag_matrix(q[..., 0], q_y, params.d)
 
 
+def as_full(params: Params) -> Params:
+    """The same model in the FULL parameterisation (leading axes kept): DIAG's and
+    GD++'s blocks become the scaled identities they stand for."""
+    p, q = full_matrices(params)
+    return replace(params, variant="full", p=p, q=q)
+
+
 def head_omegas(params: Params) -> Array:
     """(L, H, 4) [ω_xx, ω_xy, ω_yx, ω_yy] of each head alone (DIAG/GD++, docs/math.md §3)."""
     if params.variant == "full":

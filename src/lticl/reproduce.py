@@ -56,24 +56,29 @@ class Reproduction(Sweep):
     def continuation(self, key) -> TrainConfig | None:
         """A cell whose chosen model misses Table 1's rule on validation or its tail
         set (`table1.training_verdict`; the evaluation set is never read) trains on
-        with the budget's `continuation` fields, from its own chosen model or, where
-        that of the same variant one layer shallower is tame and has the lower mean on
-        the same validation sequences, from that one grown by a layer. A GD++ cell
-        whose paper value lies below the bound is not continued."""
+        with the budget's `continuation` fields for its variant and depth. It starts
+        from the lowest on the same validation sequences of its own chosen model and
+        two tame candidates: the same variant's one layer shallower, grown by a layer,
+        and, for FULL, DIAG's of the same depth (a DIAG model is a FULL one whose
+        blocks are scaled identities). A GD++ cell whose paper value lies below the
+        bound is not continued, nor is a cell with no usable model to start from."""
+        fields = matching(self.plan.continuation, key[0], key[1])
         m = self.metrics[key]
-        if not self.plan.continuation:
+        if not fields:
             return None
         v = training_verdict(*key, m["validation"][m["seed"]], m["tail"][m["seed"]], self.configs[key].tail_sequences,
                              self.seed)
         if v in ("within", "bound"):
             return None
         variant, layers, noise = key
-        below = (variant, layers - 1, noise)
-        mean = lambda k: self.metrics[k]["validation"][self.metrics[k]["seed"]]["mean"] if self.metrics[k]["usable"] \
-            else np.inf
-        if below in self.metrics and not self.tailed(below) and mean(below) < mean(key):
-            return self.continued(key, below, **self.plan.continuation)
-        return self.continued(key, **self.plan.continuation) if m["usable"] else None
+        mean = lambda k: self.metrics[k]["validation"][self.metrics[k]["seed"]]["mean"]
+        starts = [key] if m["usable"] else []
+        starts += [k for k in [(variant, layers - 1, noise), ("diag", layers, noise) if variant == "full" else None]
+                   if k in self.metrics and not self.tailed(k)]
+        if not starts:
+            return None
+        start = min(starts, key=mean)  # the first of equals: the cell's own model
+        return self.continued(key, None if start == key else start, **fields)
 
     def train(self, keys: set) -> None:
         """Train every cell in `keys` not yet trained (see `Sweep.train`)."""

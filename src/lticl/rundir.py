@@ -28,7 +28,7 @@ import numpy as np
 from .config import TrainConfig
 from .engine import TrainState, grown, init_state
 from .io import atomic_write, load_npz, read_arrays, read_json, writable_directory
-from .params import Params, check_params
+from .params import Params, as_full, check_params
 from .provenance import environment
 
 CHECKPOINT, CONFIG, METRICS, MODEL, SEEDS = "checkpoint.npz", "config.json", "metrics.json", "model.npz", "seeds.npz"
@@ -162,7 +162,8 @@ def load_seeds(path: Path) -> Params:
 def continuation_start(config: TrainConfig, parent: Path) -> tuple[TrainState, np.ndarray]:
     """The (state, no losses yet) a continuation starts from: the final seeds of the
     finished run `parent`, a fresh optimiser state (engine.init_state). A parent one
-    layer shallower than the config is grown by a layer on top (engine.grown)."""
+    layer shallower than the config is grown by a layer on top (engine.grown); a
+    DIAG or GD++ parent of a FULL config becomes the FULL model it is (params.as_full)."""
     if not (parent / MANIFEST).exists():
         raise ValueError(f"{parent} is not a finished run, so the run that continues it cannot start")
     files = read_json(parent / MANIFEST, ("config_hash", "files"))["files"]
@@ -170,6 +171,8 @@ def continuation_start(config: TrainConfig, parent: Path) -> tuple[TrainState, n
         raise ValueError(f"{parent / SEEDS} is missing or differs from the file its run wrote; rerun that run "
                          "with --force")
     seeds = load_seeds(parent / SEEDS)
+    if config.variant == "full" and seeds.variant != "full":
+        seeds = as_full(seeds)
     if seeds.p.ndim > 1 and seeds.p.shape[1] == config.layers - 1:
         seeds = grown(config, seeds)
     return init_state(config, seeds), np.zeros((config.seeds, 0), np.float32)

@@ -99,8 +99,9 @@ class Sweep:
     def continued(self, key, parent=None, **fields) -> TrainConfig:
         """A run of the key's chosen run's config, with `fields` over it, that starts
         from the final seeds of the chosen run of `parent` (default: the key itself;
-        a key whose models are one layer shallower: grown by a layer, engine.grown),
-        its seeds numbered after every seed the key has."""
+        a key whose models are one layer shallower: grown by a layer, engine.grown;
+        DIAG's key for a FULL one: params.as_full), its seeds numbered after every
+        seed the key has."""
         start = self.chosen_run(key if parent is None else parent)
         return replace(self.chosen_run(key), continues=run_name(start), seeds=start.seeds,
                        first_seed=len(self.metrics[key]["validation"]), **fields)
@@ -277,8 +278,10 @@ def _note(config: TrainConfig, first: TrainConfig) -> str:
     note = " (stratified)" if config.stratum_fraction and not first.stratum_fraction else ""
     if not config.continues:
         return note
-    grown = not config.continues.startswith(f"{config.variant}-L{config.layers}-")
-    return note + (f" (grown from {config.layers - 1} layers)" if grown else " (continued)")
+    variant, layers = config.continues.split("-")[:2]
+    if variant != config.variant:
+        return note + f" (from {variant.upper()})"
+    return note + (" (continued)" if layers == f"L{config.layers}" else f" (grown from {config.layers - 1} layers)")
 
 
 def run_grid(grid: Grid, sweep: Sweep) -> list[Path]:
