@@ -53,8 +53,7 @@ BUDGETS: dict[str, Budget] = {
         overrides=(*PRECONDITIONED, (("diag",), (7,), dict(steps=4000)), (("full", "diag", "gdpp"), (3,), STRATIFIED)),
         # Deeper models' stratified retries break more often than they help (log/2026-12-03-tails.md).
         retry=((("full", "diag", "gdpp"), range(1, 5), STRATIFIED),),
-        # FULL's gaps have the gradient's noise for a floor: its continuations take the paper's batch.
-        continuation=((VARIANTS, range(1, MAX_LAYERS + 1), dict(steps=2000, lr=1e-3)), (("full",), range(3, 8), dict(batch=2048)))),
+        continuation=((VARIANTS, range(1, MAX_LAYERS + 1), dict(steps=2000, lr=1e-3)),)),
     # For one GPU: the paper's batch, the laptop recipe's schedule and starts, ten
     # times its sequences per model in 2,048-sequence steps, two seeds. Defined, not
     # yet measured on a device (docs/training.md).
