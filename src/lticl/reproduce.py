@@ -72,13 +72,11 @@ class Reproduction(Sweep):
             return None
         variant, layers, noise = key
         mean = lambda k: self.metrics[k]["validation"][self.metrics[k]["seed"]]["mean"]
-        starts = [key] if m["usable"] else []
-        starts += [k for k in [(variant, layers - 1, noise), ("diag", layers, noise) if variant == "full" else None]
-                   if k in self.metrics and not self.tailed(k)]
+        candidates = [(variant, layers - 1, noise)] + ([("diag", layers, noise)] if variant == "full" else [])
+        starts = ([key] if m["usable"] else []) + [k for k in candidates if k in self.metrics and not self.tailed(k)]
         if not starts:
             return None
-        start = min(starts, key=mean)  # the first of equals: the cell's own model
-        return self.continued(key, None if start == key else start, **fields)
+        return self.continued(key, min(starts, key=mean), **fields)  # the first of equals: the cell's own model
 
     def train(self, keys: set) -> None:
         """Train every cell in `keys` not yet trained (see `Sweep.train`)."""
