@@ -49,6 +49,12 @@ def test_names_and_hashes_follow_the_config():
     assert config_hash(replace(wide, wide_scale=3.0)) != config_hash(wide)
     spike = replace(a, spike_fraction=0.1)
     assert config_hash(spike) != config_hash(a) == config_hash(replace(a, spike_scale=3.0))
+    # a screen is in the hash when set (test_lengths pins the hash without it); it is part of the tail pool
+    assert config_hash(replace(a, screen_sequences=200_000)) != config_hash(a)
+    assert replace(a, screen_sequences=200_000).program == a.program  # data only: the same compiled step
+    for bad, match in ((-1, "screen_sequences"), (a.tail_sequences + 1, "at most tail_sequences")):
+        with pytest.raises(ValueError, match=match):
+            replace(a, screen_sequences=bad)
 
 
 @pytest.mark.slow

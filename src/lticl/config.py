@@ -118,6 +118,11 @@ class TrainConfig:
     # this many fresh ones (selection.tail_set): a tail that a mean over the
     # validation set hides shows there, as it would on this many evaluation sequences.
     tail_sequences: int = _data(1_000_000)
+    # A seed's tail set also holds the TAIL_KEEP sequences on which the seed itself does
+    # worst among the first this many of the same fresh ones (selection.tail_evaluations):
+    # FULL is not rotation-equivariant, and can blow up along a direction of its own
+    # that no score of the data alone ranks high. 0 for none.
+    screen_sequences: int = _data(0)
 
     def __post_init__(self):
         object.__setattr__(self, "variant", canonical_variant(self.variant))
@@ -131,6 +136,10 @@ class TrainConfig:
                      "validation_sequences", "evaluation_sequences", "tail_sequences"):
             object.__setattr__(self, name, positive_int(getattr(self, name), name))
         object.__setattr__(self, "first_seed", positive_int(self.first_seed, "first_seed", minimum=0))
+        object.__setattr__(self, "screen_sequences", positive_int(self.screen_sequences, "screen_sequences", minimum=0))
+        if self.screen_sequences > self.tail_sequences:
+            raise ValueError(f"screen_sequences ({self.screen_sequences:,}) must be at most tail_sequences "
+                             f"({self.tail_sequences:,}): the screen is the first of the tail set's fresh sequences")
         object.__setattr__(self, "n_min", positive_int(self.n_min, "n_min", minimum=0))
         if not isinstance(self.continues, str) or any(c in self.continues for c in "/\\") or \
                 self.continues in (".", ".."):

@@ -44,8 +44,8 @@ def config_hash(config: TrainConfig) -> str:
     """12 hex digits of SHA-256 over the config's canonical JSON. While importance
     sampling is off (wide_fraction 0) its two fields change nothing, and are left out,
     as are the spike's two while spike_fraction is 0;
-    so are the stratum's three while it is off (stratum 0), and n_min, normalised and
-    continues at their defaults (0, False, "")."""
+    so are the stratum's three while it is off (stratum 0), and n_min, normalised,
+    continues and screen_sequences at their defaults (0, False, "", 0)."""
     fields = config.to_dict()
     if fields["wide_fraction"] == 0:
         del fields["wide_fraction"], fields["wide_scale"]
@@ -53,7 +53,7 @@ def config_hash(config: TrainConfig) -> str:
         del fields["spike_fraction"], fields["spike_scale"]
     if fields["stratum"] == 0:
         del fields["stratum"], fields["stratum_fraction"], fields["stratum_pool"]
-    for name, default in (("n_min", 0), ("normalised", False), ("continues", "")):
+    for name, default in (("n_min", 0), ("normalised", False), ("continues", ""), ("screen_sequences", 0)):
         if fields[name] == default:
             del fields[name]
     text = json.dumps(fields, sort_keys=True)

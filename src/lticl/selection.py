@@ -2,10 +2,12 @@
 
 A mean over validation sequences can hide a model that blows up on rare
 sequences. So each seed is also scored on its run's tail set, the TAIL_KEEP
-sequences most likely to blow a model up among `tail_sequences` fresh ones, and a
-seed whose worst sequence there (or on validation) exceeds TAIL × d/2 (100 times
-the loss of predicting 0) is heavy-tailed: selection prefers tame seeds, and the
-reproduction gives a heavy-tailed cell new seeds.
+sequences most likely to blow a model up among `tail_sequences` fresh ones (by a
+score of the data), plus, where the config screens, the seed's own worst TAIL_KEEP
+of the first `screen_sequences` of them (by its own loss). A seed whose worst
+sequence there (or on validation) exceeds TAIL × d/2 (100 times the loss of
+predicting 0) is heavy-tailed: selection prefers tame seeds, and the reproduction
+gives a heavy-tailed cell new seeds.
 """
 
 from __future__ import annotations
@@ -14,13 +16,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from functools import lru_cache
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
 from .metrics import Evaluation, oracle_loss, per_sequence, sequence_loss
 from .model import weights
 from .params import Params
-from .tasks import Tasks, data_key, tail_tasks
+from .tasks import CHUNK, Tasks, data_key, tail_tasks, task_chunks
 
 TAIL = 100.0
 TAIL_KEEP = 1024  # sequences in a tail set
@@ -112,7 +115,48 @@ def evaluate_models(params: Params, key: Array, noise, sequences: int, n: int) -
     return [Evaluation.of(v - oracle) for v in model], Evaluation.of(oracle)
 
 
-def tail_evaluations(params: Params, seed: int, noise: str, pool: int, n: int) -> list[Evaluation]:
-    """Adjusted loss of each of K stacked models on the tail set of (seed, noise, pool)."""
+@jax.jit
+def _keep_worst(params: Params, worst: Tasks, worst_loss: Array, chunk: Tasks, size: Array) -> tuple[Tasks, Array]:
+    """Each of K models' highest-loss sequences (K, keep, …) among its `worst` so far and
+    the first `size` of `chunk` (shared by all); a non-finite loss counts as highest."""
+    loss = model_losses(params, chunk)
+    loss = jnp.where(jnp.arange(chunk.batch) < size, jnp.where(jnp.isnan(loss), jnp.inf, loss), -jnp.inf)
+    top_loss, top = jax.lax.top_k(jnp.concatenate([worst_loss, loss], axis=1), worst_loss.shape[1])
+
+    def pick(kept, new):
+        both = jnp.concatenate([kept, jnp.broadcast_to(new, kept.shape[:1] + new.shape)], axis=1)
+        return jnp.take_along_axis(both, top.reshape(top.shape + (1,) * (new.ndim - 1)), axis=1)
+
+    return jax.tree.map(pick, worst, chunk), top_loss
+
+
+def own_worst(params: Params, key: Array, noise, sequences: int, n: int, keep: int = TAIL_KEEP) -> Tasks:
+    """For each of K stacked models, the `keep` sequences on which its own loss is
+    largest among `sequences` fresh ones of `key` (leading axis K, in descending loss):
+    where a model blows up, whatever score of the data alone would rank it."""
+    keep = min(keep, sequences)
+    k = jax.tree.leaves(params)[0].shape[0]
+    worst, worst_loss = None, jnp.full((k, keep), -jnp.inf)
+    for c, chunk in enumerate(task_chunks(key, noise, sequences, n, params.d, whole=True)):
+        if worst is None:  # placeholders, ranked below every real sequence
+            worst = jax.tree.map(lambda a: jnp.broadcast_to(a[:keep], (k, keep) + a.shape[1:]), chunk)
+        worst, worst_loss = _keep_worst(params, worst, worst_loss, chunk, min(CHUNK, sequences - c * CHUNK))
+    return worst
+
+
+@jax.jit
+def _paired_adjusted(params: Params, tasks: Tasks) -> Array:
+    """Adjusted loss (K, B) of each of K stacked models on its own sequences (K, B, …)."""
+    return jax.vmap(lambda p, t: sequence_loss(weights(p, t.x, t.y), t.w) - oracle_loss(t))(params, tasks)
+
+
+def tail_evaluations(params: Params, seed: int, noise: str, pool: int, n: int, screen: int = 0) -> list[Evaluation]:
+    """Adjusted loss of each of K stacked models on the tail set of (seed, noise, pool),
+    and with `screen` > 0 also on its own TAIL_KEEP worst (`own_worst`) of the first
+    `screen` of the same fresh sequences: a tail set of the model's own."""
     hardest = tail_set(seed, noise, pool, n, params.d)
-    return [Evaluation.of(v) for v in np.asarray(adjusted_losses(params, hardest)[0])]
+    losses = np.asarray(adjusted_losses(params, hardest)[0])
+    if screen:
+        own = own_worst(params, data_key(seed, noise, "tail"), noise, screen, n)
+        losses = np.concatenate([losses, np.asarray(_paired_adjusted(params, own))], axis=1)
+    return [Evaluation.of(v) for v in losses]

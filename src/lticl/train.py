@@ -70,7 +70,7 @@ def _result(c: TrainConfig, all_params: Params, losses: np.ndarray, rec: np.ndar
     """Select one config's best seed on validation and tail sets, and evaluate it."""
     validation, _ = evaluate_models(all_params, data_key(c.seed, c.noise, "validation"), c.noise,
                                     c.validation_sequences, c.n)
-    tails = tail_evaluations(all_params, c.seed, c.noise, c.tail_sequences, c.n)
+    tails = tail_evaluations(all_params, c.seed, c.noise, c.tail_sequences, c.n, c.screen_sequences)
     # A seed that failed: rolled back too often, or never took a step (every one skipped).
     failed = (rec >= c.max_recoveries) | (skip >= losses.shape[1])
     try:
