@@ -39,7 +39,7 @@ def main() -> None:
     from lticl.table1 import verdict
 
     rep = Reproduction(out, "laptop")
-    rep.plan = replace(rep.plan, continuation=None)  # read the cells back as they were
+    rep.plan = replace(rep.plan, continuation=())  # read the cells back as they were
     rep.train(set(cells))
     started = time.perf_counter()
     rep._train([(k, rep.continued(k, **fields)) for k in cells], " (probe)")

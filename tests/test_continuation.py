@@ -89,8 +89,8 @@ from lticl.config import TrainConfig
 from lticl.sweep import Sweep
 
 class Continuing(Sweep):
-    def continuation(self, key):
-        return self.continued(key, steps=400, lr=1e-3)
+    def continuations(self, key):
+        return [self.continued(key, steps=400, lr=1e-3)]
 
 sweep = Continuing(Path(sys.argv[1]))
 sweep.train({"a": TrainConfig("full", 2, "uniform:2", d=3, n=8, batch=256, steps=60, chunk=10, seeds=1,
@@ -149,12 +149,13 @@ def _cell(rep, key, mean, tail_worst=1.0, usable=True):
 
 def test_a_cell_continues_when_it_misses_on_validation_and_never_reads_its_evaluation(tmp_path):
     rep = Reproduction(tmp_path, "laptop")
+    starts = lambda key: [c.continues for c in rep.continuations(key)]
     key = ("full", 5, "uniform:4")
     paper = paper_value("full", "uniform:4", 5)
     config = _cell(rep, key, paper * 0.99)
-    assert rep.continuation(key) is None  # within on validation
+    assert rep.continuations(key) == []  # within on validation
     _cell(rep, key, paper * 1.2)
-    more = rep.continuation(key)
+    more, = rep.continuations(key)
     assert more.continues == run_name(config) and more.first_seed == 1
     fields = matching(BUDGETS["laptop"].continuation, *key[:2])
     assert fields and all(getattr(more, k) == v for k, v in fields.items())
@@ -162,38 +163,45 @@ def test_a_cell_continues_when_it_misses_on_validation_and_never_reads_its_evalu
     assert replace(more, continues="", first_seed=0, **{k: getattr(config, k) for k in fields}) == config
     # within on validation, but one tail-set sequence would move a mean over the pool out of it
     _cell(rep, key, paper * 0.99, tail_worst=0.1 * paper * config.tail_sequences)
-    assert rep.continuation(key) is not None
+    assert starts(key) == [run_name(config)]  # no other start: its own, heavy tail and all
     _cell(rep, key, paper * 1.2, usable=False)
-    assert rep.continuation(key) is None  # a failed model is not continued
+    assert rep.continuations(key) == []  # a failed model is not continued
     # the same variant one layer shallower, tame and lower on the same validation sequences, is grown instead
     below = _cell(rep, ("full", 4, "uniform:4"), paper * 1.1)
-    assert rep.continuation(key).continues == run_name(below)  # the failed cell gets a grown start
+    assert starts(key) == [run_name(below)]  # the failed cell gets a grown start
     _cell(rep, key, paper * 1.2)
-    grown = rep.continuation(key)
+    grown, = rep.continuations(key)
     assert (grown.continues, grown.layers, grown.first_seed) == (run_name(below), 5, 1)
     _cell(rep, key, paper * 1.09)
-    assert rep.continuation(key).continues == run_name(config)  # its own model is lower
+    assert starts(key) == [run_name(config)]  # its own model is lower
     _cell(rep, key, paper * 1.2)
     _cell(rep, ("full", 4, "uniform:4"), paper * 1.1, tail_worst=1e6)
-    assert rep.continuation(key).continues == run_name(config)  # the shallower one has a heavy tail
+    assert starts(key) == [run_name(config)]  # the shallower one has a heavy tail
     # DIAG's model of the same depth is a FULL one: the lowest tame start wins
     diag = _cell(rep, ("diag", 5, "uniform:4"), paper * 1.05)
-    assert rep.continuation(key).continues == run_name(diag)
+    assert starts(key) == [run_name(diag)]
     _cell(rep, ("full", 4, "uniform:4"), paper * 1.02)
-    assert rep.continuation(key).continues == run_name(below)
+    assert starts(key) == [run_name(below)]
     _cell(rep, ("diag", 5, "uniform:4"), paper * 1.01, tail_worst=1e6)
-    assert rep.continuation(key).continues == run_name(below)  # DIAG's has a heavy tail
+    assert starts(key) == [run_name(below)]  # DIAG's has a heavy tail
+    # its own model, lowest but heavy-tailed, is continued in a second run beside the lowest tame start
+    _cell(rep, key, paper * 0.9, tail_worst=1e6)
+    beside = rep.continuations(key)
+    assert [c.continues for c in beside] == [run_name(below), run_name(config)]
+    assert [(c.first_seed, c.seeds) for c in beside] == [(1, 1), (2, 1)]  # numbered after each other
+    _cell(rep, ("full", 4, "uniform:4"), paper * 1.02, tail_worst=1e6)
+    assert starts(key) == [run_name(config)]  # no tame start: its own alone
     _cell(rep, key, paper * 0.5)
     _cell(rep, ("diag", 5, "uniform:4"), paper * 1.2)
-    assert rep.continuation(("diag", 5, "uniform:4")).continues == run_name(diag)  # FULL never starts DIAG
+    assert starts(("diag", 5, "uniform:4")) == [run_name(diag)]  # FULL never starts DIAG
     # GD++-3 on uniform:5: the paper's value lies below the bound no GD++ model beats
     gdpp = ("gdpp", 3, "uniform:5")
     assert paper_value("gdpp", "uniform:5", 3) < gdpp_bound("uniform:5", 0) - 0.01
     _cell(rep, gdpp, gdpp_bound("uniform:5", 0))
-    assert rep.continuation(gdpp) is None
+    assert rep.continuations(gdpp) == []
     smoke = Reproduction(tmp_path, "smoke")  # a budget without continuations
     _cell(smoke, key, paper * 1.2)
-    assert smoke.continuation(key) is None
+    assert smoke.continuations(key) == []
 
 
 def test_a_grown_model_keeps_its_parents_layers_and_adds_a_small_gd_step():

@@ -53,30 +53,34 @@ class Reproduction(Sweep):
         variant, layers, _ = key
         return replace(super().retry(key), **matching(self.plan.retry, variant, layers))
 
-    def continuation(self, key) -> TrainConfig | None:
+    def continuations(self, key) -> list[TrainConfig]:
         """A cell whose chosen model misses Table 1's rule on validation or its tail
         set (`table1.training_verdict`; the evaluation set is never read) trains on
         with the budget's `continuation` fields for its variant and depth. It starts
-        from the lowest on the same validation sequences of its own chosen model and
-        two tame candidates: the same variant's one layer shallower, grown by a layer,
-        and, for FULL, DIAG's of the same depth (a DIAG model is a FULL one whose
-        blocks are scaled identities). A GD++ cell whose paper value lies below the
-        bound is not continued, nor is a cell with no usable model to start from."""
+        from the lowest on the same validation sequences of the tame ones among its own
+        chosen model and two candidates: the same variant's one layer shallower, grown
+        by a layer, and, for FULL, DIAG's of the same depth (a DIAG model is a FULL one
+        whose blocks are scaled identities). Where its own model has a heavy tail, it
+        also continues that model, in a second run: continuing sometimes keeps a
+        tail and sometimes trains it away. A GD++ cell whose paper value lies below
+        the bound is not continued, nor is a cell with no usable model to start from."""
         fields = matching(self.plan.continuation, key[0], key[1])
         m = self.metrics[key]
         if not fields:
-            return None
+            return []
         v = training_verdict(*key, m["validation"][m["seed"]], m["tail"][m["seed"]], self.configs[key].tail_sequences,
                              self.seed)
         if v in ("within", "bound"):
-            return None
+            return []
         variant, layers, noise = key
         mean = lambda k: self.metrics[k]["validation"][self.metrics[k]["seed"]]["mean"]
         candidates = [(variant, layers - 1, noise)] + ([("diag", layers, noise)] if variant == "full" else [])
-        starts = ([key] if m["usable"] else []) + [k for k in candidates if k in self.metrics and not self.tailed(k)]
-        if not starts:
-            return None
-        return self.continued(key, min(starts, key=mean), **fields)  # the first of equals: the cell's own model
+        tame = [k for k in [key] + candidates if k in self.metrics and not self.tailed(k)]
+        starts = ([min(tame, key=mean)] if tame else []) + ([key] if m["usable"] and key not in tame else [])
+        runs = []
+        for start in starts:  # the first of equals: the cell's own model
+            runs.append(self.continued(key, start, sum(r.seeds for r in runs), **fields))
+        return runs
 
     def train(self, keys: set) -> None:
         """Train every cell in `keys` not yet trained (see `Sweep.train`)."""

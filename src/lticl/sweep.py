@@ -77,8 +77,8 @@ class Sweep:
         self._train([(k, c) for k, c in configs.items() if k not in self.runs])
         tailed = [k for k in configs if len(self.runs[k]) == 1 and self.tailed(k)]
         self._train([(k, self.retry(k)) for k in tailed], " (new seeds: heavy tail)")
-        continued = [(k, self.continuation(k)) for k in configs if not any(c.continues for c, _ in self.runs[k])]
-        self._train([(k, c) for k, c in continued if c is not None], " (continued)")
+        self._train([(k, c) for k in configs if not any(c.continues for c, _ in self.runs[k])
+                     for c in self.continuations(k)], " (continued)")
 
     def tailed(self, key) -> bool:
         m, d = self.metrics[key], self.configs[key].d
@@ -91,20 +91,20 @@ class Sweep:
         config = self.configs[key]
         return replace(config, first_seed=config.seeds)
 
-    def continuation(self, key) -> TrainConfig | None:
-        """The run that continues a key's chosen model for more steps, or None: a plain
-        sweep has no target to miss, so it continues nothing (a Reproduction does)."""
-        return None
+    def continuations(self, key) -> list[TrainConfig]:
+        """The runs that continue a key's chosen model for more steps: a plain sweep
+        has no target to miss, so it continues nothing (a Reproduction does)."""
+        return []
 
-    def continued(self, key, parent=None, **fields) -> TrainConfig:
+    def continued(self, key, parent=None, after: int = 0, **fields) -> TrainConfig:
         """A run of the key's chosen run's config, with `fields` over it, that starts
         from the final seeds of the chosen run of `parent` (default: the key itself;
         a key whose models are one layer shallower: grown by a layer, engine.grown;
         DIAG's key for a FULL one: params.as_full), its seeds numbered after every
-        seed the key has."""
+        seed the key has and `after` more (the seeds of its other continuations)."""
         start = self.chosen_run(key if parent is None else parent)
         return replace(self.chosen_run(key), continues=run_name(start), seeds=start.seeds,
-                       first_seed=len(self.metrics[key]["validation"]), **fields)
+                       first_seed=len(self.metrics[key]["validation"]) + after, **fields)
 
     def _train(self, runs: list[tuple[Hashable, TrainConfig]], note: str = "") -> None:
         programs = defaultdict(list)
