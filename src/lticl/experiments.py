@@ -22,8 +22,8 @@ class Budget:
     overrides: tuple = ()  # (variants, depths, fields), applied in order where both match
     profile_sequences: int = 10_000  # fresh sequences per point of a σ or layer profile
     profile_points: int = 17  # σ values of a per-variance profile
-    # (variants, depths, fields) for the run that continues a cell whose chosen model
-    # misses Table 1's rule on validation and its tail set (Reproduction.continuation),
+    # (variants, depths, fields) for the runs that continue a cell whose chosen model
+    # misses Table 1's rule on validation and its tail set (Reproduction.continuations),
     # applied like `overrides`; a cell that no entry matches is not continued.
     continuation: tuple = ()
     # (variants, depths, fields) for the new seeds a cell gets when its first model has

@@ -10,7 +10,7 @@ over the paper's grid. Configs that share a compiled program (`config.program`)
 train side by side in one vmapped call; a restarted sweep reuses finished runs and
 resumes unfinished ones from their checkpoints. A cell with no usable seed, or whose
 chosen seed has a heavy tail, gets one second run of as many new seeds; a subclass
-may then continue a cell's chosen run for more steps (`Sweep.continuation`).
+may then continue a cell's chosen run for more steps (`Sweep.continuations`).
 
 A grid file (TOML):
 
