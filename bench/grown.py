@@ -35,7 +35,7 @@ def main() -> None:
     out, variant, layers = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
     fields = overrides(sys.argv[4:])
     rep = Reproduction(out, "laptop")
-    rep.plan = replace(rep.plan, continuation=None)  # read the cells back as they were
+    rep.plan = replace(rep.plan, continuation=())  # read the cells back as they were
     rep.train({(variant, L, s) for s in SETTINGS for L in (layers - 1, layers)})
     configs = [replace(rep.config(variant, layers, s), **fields) for s in SETTINGS]
     chosen = lambda s: jax.tree.map(lambda a: a[None], rep.params((variant, layers - 1, s)))
