@@ -76,9 +76,10 @@ class Reproduction(Sweep):
         mean = lambda k: self.metrics[k]["validation"][self.metrics[k]["seed"]]["mean"]
         candidates = [(variant, layers - 1, noise)] + ([("diag", layers, noise)] if variant == "full" else [])
         tame = [k for k in [key] + candidates if k in self.metrics and not self.tailed(k)]
-        starts = ([min(tame, key=mean)] if tame else []) + ([key] if m["usable"] and key not in tame else [])
+        lowest = [min(tame, key=mean)] if tame else []  # the first of equals: the cell's own model
+        starts = lowest + ([key] if m["usable"] and key not in tame else [])
         runs = []
-        for start in starts:  # the first of equals: the cell's own model
+        for start in starts:
             runs.append(self.continued(key, start, sum(r.seeds for r in runs), **fields))
         return runs
 
