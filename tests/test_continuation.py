@@ -194,6 +194,14 @@ def test_a_cell_continues_when_it_misses_on_validation_and_never_reads_its_evalu
     _cell(rep, key, paper * 0.5)
     _cell(rep, ("diag", 5, "uniform:4"), paper * 1.2)
     assert starts(("diag", 5, "uniform:4")) == [run_name(diag)]  # FULL never starts DIAG
+    # a DIAG cell also continues its tame shallower model grown below the last layer (the budget's regrown)
+    below = _cell(rep, ("diag", 4, "uniform:4"), paper * 1.3)
+    _cell(rep, ("diag", 5, "uniform:4"), paper * 1.2)
+    runs = rep.continuations(("diag", 5, "uniform:4"))
+    assert [(c.continues, c.grow_below, c.first_seed) for c in runs] == [(run_name(diag), False, 1),
+                                                                         (run_name(below), True, 2)]
+    _cell(rep, ("diag", 4, "uniform:4"), paper * 1.3, tail_worst=1e6)
+    assert starts(("diag", 5, "uniform:4")) == [run_name(diag)]  # not from a heavy tail
     # GD++-3 on uniform:5: the paper's value lies below the bound no GD++ model beats
     gdpp = ("gdpp", 3, "uniform:5")
     assert paper_value("gdpp", "uniform:5", 3) < gdpp_bound("uniform:5", 0) - 0.01
@@ -236,6 +244,28 @@ def test_a_grown_model_keeps_its_parents_layers_and_adds_a_small_gd_step():
         loss = lambda w: float(jnp.mean(sequence_loss(w, t.w)))
         parent_loss, child_loss = loss(w_parent[-1]), loss(w_child[-1])
         assert loss(implicit_state(full, t.x, t.y).w[-1]) < child_loss < parent_loss
+
+
+def test_a_model_grown_below_its_last_layer_gets_a_small_copy_of_the_layer_under_it():
+    """With grow_below, the first L−2 layers and the last are the parent's; between them
+    sits the parent's layer L−2 with P and Q scaled by GROWN_STEP, so its ω's are
+    GROWN_STEP² of that layer's. A 1-layer parent has no such layer."""
+    from lticl.engine import GROWN_STEP, grown
+    from lticl.inits import precondition_init
+    from lticl.inspection import head_omegas
+
+    config = TrainConfig("diag", 4, "uniform:1", grow_below=True)
+    one = precondition_init(jax.random.key(0), "diag", 3, 10, 20, step_size=0.02)
+    parent = jax.tree.map(lambda a: jnp.stack([a, 2 * a]), one)
+    child = grown(config, parent)
+    assert child.p.shape == (2, 4, 1, 2)
+    for k in range(2):
+        np.testing.assert_array_equal(child.p[k, [0, 1, 3]], parent.p[k])
+        np.testing.assert_array_equal(child.q[k, [0, 1, 3]], parent.q[k])
+        omegas = head_omegas(jax.tree.map(lambda a: a[k], child)), head_omegas(jax.tree.map(lambda a: a[k], parent))
+        np.testing.assert_allclose(omegas[0][2], GROWN_STEP ** 2 * omegas[1][1], rtol=1e-6)
+    with pytest.raises(ValueError, match="at least 2 layers"):
+        grown(replace(config, layers=2), jax.tree.map(lambda a: a[:, :1], parent))
 
 
 def test_a_learning_curve_says_which_runs_continue_another():

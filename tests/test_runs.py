@@ -52,6 +52,7 @@ def test_names_and_hashes_follow_the_config():
     # a screen is in the hash when set (test_lengths pins the hash without it); it is part of the tail pool
     assert config_hash(replace(a, screen_sequences=200_000)) != config_hash(a)
     assert replace(a, screen_sequences=200_000).program == a.program  # data only: the same compiled step
+    assert config_hash(replace(a, grow_below=True)) != config_hash(a)  # how a continuation's start grows
     for bad, match in ((-1, "screen_sequences"), (a.tail_sequences + 1, "at most tail_sequences")):
         with pytest.raises(ValueError, match=match):
             replace(a, screen_sequences=bad)

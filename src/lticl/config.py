@@ -104,6 +104,10 @@ class TrainConfig:
     # schedule; its seeds first_seed … give it data streams of its own. "" for none.
     # (rundir.prepare loads the seeds.)
     continues: str = _data("")
+    # Where a continuation's parent is one layer shallower: False adds a GD layer on top
+    # of it; True inserts below its last layer a copy of the layer under that one, P and
+    # Q scaled by GROWN_STEP (engine.grown).
+    grow_below: bool = _data(False)
     chunk: int = 100  # steps per compiled call (and per checkpoint and progress report)
     lr_backoff: float = 0.5
     # A batch loss above explode × d/2 (d/2: the loss of predicting 0) is a failed step.

@@ -151,17 +151,29 @@ def _normalised(config: TrainConfig, params: Params, n: int) -> Params:
 
 # A layer added on top of a trained model (`grown`) is a GD step of this fraction of
 # the best single step: small enough to keep the model where it was, stable at once.
+# A layer grown below the last one is a copy of the layer under it with P and Q scaled
+# by this fraction (its ω's by its square).
 GROWN_STEP = 0.1
 
 
 def grown(config: TrainConfig, stacked: Params) -> Params:
-    """K stacked (config.layers − 1)-layer models with one GD layer added on top
-    (GROWN_STEP of the best one-step size, perturbed as config.init_scale says): a
-    config.layers-layer start that predicts almost what the shallower models did."""
+    """K stacked (config.layers − 1)-layer models grown to config.layers layers.
+    By default one GD layer is added on top (GROWN_STEP of the best one-step size,
+    perturbed as config.init_scale says): a start that predicts almost what the
+    shallower models did. With config.grow_below, a copy of the layer under the last
+    one, P and Q scaled by GROWN_STEP, is inserted below the last layer instead: where
+    the last layer is a big GD step (the preconditioned start's), a layer on top of it
+    stays idle, and one below can precondition (docs/log/2026-12-04-screen.md)."""
+    k = stacked.p.shape[0]
+    if config.grow_below:
+        if stacked.p.shape[1] < 2:
+            raise ValueError("grow_below needs a parent of at least 2 layers (a layer under its last one to copy)")
+        insert = lambda a: jnp.concatenate([a[:, :-1], GROWN_STEP * a[:, -2:-1], a[:, -1:]], axis=1)
+        return replace(stacked, p=insert(stacked.p), q=insert(stacked.q))
     n, eta = _start_step(config)
     top = gd_init(jax.random.key(config.seed), config.variant, 1, config.d, config.heads, GROWN_STEP * eta,
                   config.init_scale, stacked.p.dtype)
-    top, k = _normalised(config, top, n), stacked.p.shape[0]
+    top = _normalised(config, top, n)
     add = lambda a, b: jnp.concatenate([a, jnp.broadcast_to(b.astype(a.dtype), (k, *b.shape))], axis=1)
     return replace(stacked, p=add(stacked.p, top.p), q=add(stacked.q, top.q))
 

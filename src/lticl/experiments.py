@@ -26,6 +26,10 @@ class Budget:
     # misses Table 1's rule on validation and its tail set (Reproduction.continuations),
     # applied like `overrides`; a cell that no entry matches is not continued.
     continuation: tuple = ()
+    # (variants, depths, fields) for one more continuation of a cell that is continued:
+    # from its variant's model one layer shallower, tame, grown as the fields say
+    # (the laptop's: below the last layer, TrainConfig.grow_below), applied like `overrides`.
+    regrown: tuple = ()
     # (variants, depths, fields) for the new seeds a cell gets when its first model has
     # a heavy tail (Reproduction.retry), applied like `overrides`; none: the first run's.
     retry: tuple = ()
@@ -60,7 +64,9 @@ BUDGETS: dict[str, Budget] = {
                    SCREENED),
         # Deeper models' stratified retries break more often than they help (log/2026-12-03-tails.md).
         retry=((("full", "diag", "gdpp"), range(1, 5), STRATIFIED),),
-        continuation=((VARIANTS, range(1, MAX_LAYERS + 1), dict(steps=2000, lr=1e-3)),)),
+        continuation=((VARIANTS, range(1, MAX_LAYERS + 1), dict(steps=2000, lr=1e-3)),),
+        # DIAG's preconditioned models end in a big GD step; a layer grown above it stays idle.
+        regrown=((("diag",), range(3, MAX_LAYERS + 1), dict(grow_below=True)),)),
     # For one GPU: the paper's batch, the laptop recipe's schedule and starts, ten
     # times its sequences per model in 2,048-sequence steps, two seeds. Defined, not
     # yet measured on a device (docs/training.md).

@@ -62,8 +62,10 @@ class Reproduction(Sweep):
         by a layer, and, for FULL, DIAG's of the same depth (a DIAG model is a FULL one
         whose blocks are scaled identities). Where its own model has a heavy tail, it
         also continues that model, in a second run: continuing sometimes keeps a
-        tail and sometimes trains it away. A GD++ cell whose paper value lies below
-        the bound is not continued, nor is a cell with no usable model to start from."""
+        tail and sometimes trains it away. Where the budget's `regrown` fields match,
+        it also continues the tame shallower model grown as they say (the laptop's DIAG:
+        below the last layer). A GD++ cell whose paper value lies below the bound is
+        not continued, nor is a cell with no usable model to start from."""
         fields = matching(self.plan.continuation, key[0], key[1])
         m = self.metrics[key]
         if not fields:
@@ -81,6 +83,9 @@ class Reproduction(Sweep):
         runs = []
         for start in starts:
             runs.append(self.continued(key, start, sum(r.seeds for r in runs), **fields))
+        regrown = matching(self.plan.regrown, variant, layers)
+        if regrown and candidates[0] in tame:
+            runs.append(self.continued(key, candidates[0], sum(r.seeds for r in runs), **fields | regrown))
         return runs
 
     def train(self, keys: set) -> None:

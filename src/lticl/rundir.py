@@ -45,7 +45,8 @@ def config_hash(config: TrainConfig) -> str:
     sampling is off (wide_fraction 0) its two fields change nothing, and are left out,
     as are the spike's two while spike_fraction is 0;
     so are the stratum's three while it is off (stratum 0), and n_min, normalised,
-    continues and screen_sequences at their defaults (0, False, "", 0)."""
+    continues, screen_sequences and grow_below at their defaults (0, False, "", 0,
+    False)."""
     fields = config.to_dict()
     if fields["wide_fraction"] == 0:
         del fields["wide_fraction"], fields["wide_scale"]
@@ -53,7 +54,8 @@ def config_hash(config: TrainConfig) -> str:
         del fields["spike_fraction"], fields["spike_scale"]
     if fields["stratum"] == 0:
         del fields["stratum"], fields["stratum_fraction"], fields["stratum_pool"]
-    for name, default in (("n_min", 0), ("normalised", False), ("continues", ""), ("screen_sequences", 0)):
+    for name, default in (("n_min", 0), ("normalised", False), ("continues", ""), ("screen_sequences", 0),
+                          ("grow_below", False)):
         if fields[name] == default:
             del fields[name]
     text = json.dumps(fields, sort_keys=True)
@@ -162,7 +164,7 @@ def load_seeds(path: Path) -> Params:
 def continuation_start(config: TrainConfig, parent: Path) -> tuple[TrainState, np.ndarray]:
     """The (state, no losses yet) a continuation starts from: the final seeds of the
     finished run `parent`, a fresh optimiser state (engine.init_state). A parent one
-    layer shallower than the config is grown by a layer on top (engine.grown); a
+    layer shallower than the config is grown by a layer (engine.grown); a
     DIAG or GD++ parent of a FULL config becomes the FULL model it is (params.as_full)."""
     if not (parent / MANIFEST).exists():
         raise ValueError(f"{parent} is not a finished run, so the run that continues it cannot start")

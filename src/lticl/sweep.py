@@ -281,7 +281,9 @@ def _note(config: TrainConfig, first: TrainConfig) -> str:
     variant, layers = config.continues.split("-")[:2]
     if variant != config.variant:
         return note + f" (from {variant.upper()})"
-    return note + (" (continued)" if layers == f"L{config.layers}" else f" (grown from {config.layers - 1} layers)")
+    if layers == f"L{config.layers}":
+        return note + " (continued)"
+    return note + f" (grown{' below the last layer' if config.grow_below else ''} from {config.layers - 1} layers)"
 
 
 def run_grid(grid: Grid, sweep: Sweep) -> list[Path]:
