@@ -152,8 +152,9 @@ class TrainConfig:
             raise ValueError(f"n_min ({self.n_min}) must be at most n ({self.n})")
         if self.n_min == self.n:
             object.__setattr__(self, "n_min", 0)
-        if not isinstance(self.normalised, bool):
-            raise ValueError(f"normalised must be true or false, got {self.normalised!r}")
+        for name in ("normalised", "grow_below"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.n_min and self.stratum:
             raise ValueError("stratified batches need one context length; set stratum to 0 or n to one value")
         if self.objective not in OBJECTIVES:

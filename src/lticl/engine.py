@@ -164,7 +164,6 @@ def grown(config: TrainConfig, stacked: Params) -> Params:
     one, P and Q scaled by GROWN_STEP, is inserted below the last layer instead: where
     the last layer is a big GD step (the preconditioned start's), a layer on top of it
     stays idle, and one below can precondition (docs/log/2026-12-04-screen.md)."""
-    k = stacked.p.shape[0]
     if config.grow_below:
         if stacked.p.shape[1] < 2:
             raise ValueError("grow_below needs a parent of at least 2 layers (a layer under its last one to copy)")
@@ -173,7 +172,7 @@ def grown(config: TrainConfig, stacked: Params) -> Params:
     n, eta = _start_step(config)
     top = gd_init(jax.random.key(config.seed), config.variant, 1, config.d, config.heads, GROWN_STEP * eta,
                   config.init_scale, stacked.p.dtype)
-    top = _normalised(config, top, n)
+    top, k = _normalised(config, top, n), stacked.p.shape[0]
     add = lambda a, b: jnp.concatenate([a, jnp.broadcast_to(b.astype(a.dtype), (k, *b.shape))], axis=1)
     return replace(stacked, p=add(stacked.p, top.p), q=add(stacked.q, top.q))
 

@@ -79,13 +79,13 @@ class Reproduction(Sweep):
         candidates = [(variant, layers - 1, noise)] + ([("diag", layers, noise)] if variant == "full" else [])
         tame = [k for k in [key] + candidates if k in self.metrics and not self.tailed(k)]
         lowest = [min(tame, key=mean)] if tame else []  # the first of equals: the cell's own model
-        starts = lowest + ([key] if m["usable"] and key not in tame else [])
-        runs = []
-        for start in starts:
-            runs.append(self.continued(key, start, sum(r.seeds for r in runs), **fields))
+        starts = [(k, fields) for k in lowest + ([key] if m["usable"] and key not in tame else [])]
         regrown = matching(self.plan.regrown, variant, layers)
         if regrown and candidates[0] in tame:
-            runs.append(self.continued(key, candidates[0], sum(r.seeds for r in runs), **fields | regrown))
+            starts.append((candidates[0], fields | regrown))
+        runs = []
+        for start, run_fields in starts:  # each numbered after the ones before it
+            runs.append(self.continued(key, start, sum(r.seeds for r in runs), **run_fields))
         return runs
 
     def train(self, keys: set) -> None:

@@ -108,7 +108,7 @@ LEGEND = (
     "*tail*: within tolerance on the evaluation, but that one sequence alone would move a mean over "
     "those N sequences out of it (ours + worst/N is not within). *seeds*: the model is the best of these on "
     "validation (more than the budget's where the first had a heavy tail on validation or its tail set; "
-    "one or two more where the cell missed on validation and was trained on, `Reproduction.continuations`). "
+    "one to three more where the cell missed on validation and was trained on, `Reproduction.continuations`). "
     "*paper below bound*: GD++ is linear in the context's y, so in expectation no GD++ model beats "
     "ridge with penalty E[σ²] (`lticl theory gdpp_bound`); the paper's number is below that bound "
     "by more than 3 standard errors of the evaluation plus its rounding."
