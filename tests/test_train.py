@@ -247,6 +247,12 @@ def test_select_best_skips_broken_seeds():
     assert select_best([tailed, milder], worst_limit=500, pool=1e6) == 1  # 0.1 + 10 against 0.2 + 0.001
     assert select_best([milder, worse], tail=[tailed, overflow], worst_limit=500, pool=1e6) == 0  # nan: the worst
     assert select_best([ok, worse], tail=[overflow, overflow], worst_limit=500, pool=1e6) == 0  # then by mean
+    # beside a tame seed, a tail that the mean over the pool absorbs: charged, both compete
+    slight = Evaluation(0.25, 0.01, 2e3, 0, 0.01, 100)
+    assert select_best([ok, slight], worst_limit=500) == 0  # no pool: the tame seed
+    assert select_best([ok, slight], worst_limit=500, pool=1e6) == 1  # 0.25 + 0.002 against 0.3 + 2e-6
+    assert select_best([ok, slight], worst_limit=500, pool=1e4) == 0  # 0.25 + 0.2 against 0.3 + 2e-4
+    assert select_best([ok, tailed], worst_limit=500, pool=1e6) == 0  # 0.1 + 10 against 0.3
 
 
 @pytest.mark.slow

@@ -127,6 +127,14 @@ class TrainConfig:
     # FULL is not rotation-equivariant, and can blow up along a direction of its own
     # that no score of the data alone ranks high. 0 for none.
     screen_sequences: int = _data(0)
+    # After the Adam steps, this many L-BFGS iterations on a fixed sample of the
+    # stratified objective (lticl.polish): the `stratum` sequences of largest tail score
+    # among `polish_pool` fresh ones, and `polish_sequences` fresh ones below them. It
+    # takes down the rare sequences a model blows up on, which Adam's fixed steps jump
+    # across. Needs the stratum (stratum > 0); 0 for none.
+    polish: int = _data(0)
+    polish_pool: int = _data(4_000_000)
+    polish_sequences: int = _data(20_000)
 
     def __post_init__(self):
         object.__setattr__(self, "variant", canonical_variant(self.variant))
@@ -145,6 +153,9 @@ class TrainConfig:
             raise ValueError(f"screen_sequences ({self.screen_sequences:,}) must be at most tail_sequences "
                              f"({self.tail_sequences:,}): the screen is the first of the tail set's fresh sequences")
         object.__setattr__(self, "n_min", positive_int(self.n_min, "n_min", minimum=0))
+        object.__setattr__(self, "polish", positive_int(self.polish, "polish", minimum=0))
+        for name in ("polish_pool", "polish_sequences"):
+            object.__setattr__(self, name, positive_int(getattr(self, name), name))
         if not isinstance(self.continues, str) or any(c in self.continues for c in "/\\") or \
                 self.continues in (".", ".."):
             raise ValueError(f"continues must be the name of a run directory, got {self.continues!r}")
@@ -186,6 +197,12 @@ class TrainConfig:
                              f"{self.stratum_fraction} with stratum {self.stratum}")
         if self.stratum > self.stratum_pool // 2:
             raise ValueError(f"stratum ({self.stratum}) must be at most half of stratum_pool ({self.stratum_pool})")
+        if self.polish and not (self.stratum and self.stratum <= self.polish_pool // 2):
+            raise ValueError(f"polish needs the stratum: stratum > 0 and at most half of polish_pool "
+                             f"({self.polish_pool:,}), got stratum {self.stratum}")
+        if self.polish and self.objective != "query_averaged":
+            raise ValueError(f"polish minimises the query-averaged loss; set objective to query_averaged or "
+                             f"polish to 0, got {self.objective!r}")
         if self.stratum_fraction and self.wide_fraction:
             raise ValueError("stratified batches and wide importance sampling are exclusive; set one of "
                              "stratum_fraction and wide_fraction to 0")

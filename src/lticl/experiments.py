@@ -64,7 +64,10 @@ BUDGETS: dict[str, Budget] = {
                    SCREENED),
         # Deeper models' stratified retries break more often than they help (log/2026-12-03-tails.md).
         retry=((("full", "diag", "gdpp"), range(1, 5), STRATIFIED),),
-        continuation=((VARIANTS, range(1, MAX_LAYERS + 1), dict(steps=2000, lr=1e-3)),),
+        # The 3-layer models' continuations end in the polish: L-BFGS on a fixed sample of
+        # their stratified objective takes down the one sequence in a million they blow up on.
+        continuation=((VARIANTS, range(1, MAX_LAYERS + 1), dict(steps=2000, lr=1e-3)),
+                      (VARIANTS, (3,), dict(polish=30))),
         # DIAG's preconditioned models end in a big GD step; a layer grown above it stays idle.
         regrown=((("diag",), range(3, MAX_LAYERS + 1), dict(grow_below=True)),)),
     # For one GPU: the paper's batch, the laptop recipe's schedule and starts, ten

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import lru_cache
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -38,9 +39,14 @@ def heavy_tailed(tail: Evaluation, d: int) -> bool:
     return not tail.worst <= tail_limit(d)  # nan counts as a tail
 
 
-# One thread that draws tail sets while the caller trains: the draw fills the
-# cores that compilation and the step loop's host work leave idle.
+# One thread that draws tail sets (and the polish's samples) while the caller trains:
+# the draw fills the cores that compilation and the step loop's host work leave idle.
 _DRAWER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lticl-tail-set")
+
+
+def in_background(fn: Callable, *args) -> Future:
+    """fn(*args) on the drawing thread, after the draws submitted before it."""
+    return _DRAWER.submit(fn, *args)
 
 
 @lru_cache(maxsize=32)
@@ -48,7 +54,7 @@ def prefetch_tail_set(seed: int, noise: str, pool: int, n: int, d: int) -> Futur
     """Start drawing the tail set of (seed, noise, pool, n, d) in the background, once
     per process; `tail_set` waits for it. Every depth and variant of a noise
     setting shares it."""
-    return _DRAWER.submit(tail_tasks, data_key(seed, noise, "tail"), noise, pool, TAIL_KEEP, n, d)
+    return in_background(tail_tasks, data_key(seed, noise, "tail"), noise, pool, TAIL_KEEP, n, d)
 
 
 def tail_set(seed: int, noise: str, pool: int, n: int, d: int) -> Tasks:
@@ -62,19 +68,27 @@ def select_best(validation: list[Evaluation], failed=None, tail: list[Evaluation
     """The seed with the lowest validation mean among those that did not fail in
     training and have no non-finite validation loss, preferring seeds whose worst
     sequence, of validation and of `tail`, is at most `worst_limit` (a heavy tail
-    that a mean hides). Where every usable seed has a heavy tail, the one whose mean,
+    that a mean hides). Among the seeds with a heavy tail, the one whose mean,
     charged with its tail set's worst sequence as one of `pool` (what Table 1's tail
-    rule adds), is lowest. Raises if no seed is usable."""
+    rule adds), is lowest; it is chosen where no seed is tame, or where `pool` is
+    finite and that charged mean is below the best tame seed's, charged alike (a
+    tail the mean over `pool` sequences absorbs). Raises if no seed is usable."""
     failed = np.zeros(len(validation), bool) if failed is None else np.asarray(failed)
     usable = [i for i, v in enumerate(validation) if not failed[i] and v.nonfinite == 0 and np.isfinite(v.mean)]
     if not usable:
         raise RuntimeError("no seed is usable (each failed in training or has non-finite validation losses)")
     tail = validation if tail is None else tail
     tame = [i for i in usable if validation[i].worst <= worst_limit and tail[i].worst <= worst_limit]  # nan: not tame
-    if tame:
-        return min(tame, key=lambda i: validation[i].mean)
     worst = lambda i: tail[i].worst if tail[i].worst == tail[i].worst else np.inf  # nan: an overflow
-    return min(usable, key=lambda i: (validation[i].mean + worst(i) / pool, validation[i].mean))
+    charged = lambda i: validation[i].mean + worst(i) / pool
+    heavy = [i for i in usable if i not in tame]
+    best_heavy = min(heavy, key=lambda i: (charged(i), validation[i].mean)) if heavy else None
+    if not tame:
+        return best_heavy
+    best_tame = min(tame, key=lambda i: validation[i].mean)
+    if best_heavy is not None and np.isfinite(pool) and charged(best_heavy) < charged(best_tame):
+        return best_heavy
+    return best_tame
 
 
 @jax.jit

@@ -231,7 +231,7 @@ def stack_chunks(chunks: Iterator[Tasks]) -> Tasks:
     return Tasks(*(jnp.concatenate(parts) for parts in zip(*chunks)))
 
 
-_PURPOSES = ("train", "tune", "validation", "evaluation", "tail", "bank")  # appended only: indices are keys
+_PURPOSES = ("train", "tune", "validation", "evaluation", "tail", "bank", "polish")  # appended only: indices are keys
 
 
 def data_key(seed: int, noise: NoiseLike, purpose: str) -> Array:

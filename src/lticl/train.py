@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Callable, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from .config import TrainConfig
@@ -19,6 +20,7 @@ from .devices import gather, spread
 from .engine import TrainState, concat, final_params, init_state, run_steps
 from .metrics import Evaluation
 from .params import Params
+from .polish import polished, prefetch_polish_sample
 from .selection import evaluate_models, prefetch_tail_set, select_best, tail_evaluations, tail_limit
 from .tasks import data_key
 
@@ -66,11 +68,38 @@ def _check_alive(configs: list[TrainConfig], bounds: np.ndarray, recoveries: np.
         )
 
 
-def _result(c: TrainConfig, all_params: Params, losses: np.ndarray, rec: np.ndarray, skip: np.ndarray) -> TrainResult:
-    """Select one config's best seed on validation and tail sets, and evaluate it."""
+def _checked(c: TrainConfig, all_params: Params) -> tuple[list[Evaluation], list[Evaluation]]:
+    """K stacked models' evaluations on the validation and tail sets of config c."""
     validation, _ = evaluate_models(all_params, data_key(c.seed, c.noise, "validation"), c.noise,
                                     c.validation_sequences, c.n)
-    tails = tail_evaluations(all_params, c.seed, c.noise, c.tail_sequences, c.n, c.screen_sequences)
+    return validation, tail_evaluations(all_params, c.seed, c.noise, c.tail_sequences, c.n, c.screen_sequences)
+
+
+def _polished_where_better(c: TrainConfig, adam: Params) -> tuple[Params, list[Evaluation], list[Evaluation]]:
+    """Each seed as Adam left it or polished (lticl.polish), whichever `select_best`
+    prefers on validation and tail sets: the polish trades a little of the mean for
+    the tail, which a tame model does not need. With their evaluations."""
+    validation, tails = _checked(c, adam)
+    both = polished(c, adam)
+    if both is adam:
+        return adam, validation, tails
+    v_polished, t_polished = _checked(c, both)
+    keep = []
+    for k in range(len(validation)):
+        pair = [validation[k], v_polished[k]], None, [tails[k], t_polished[k]]
+        try:
+            keep.append(select_best(*pair, tail_limit(c.d), c.tail_sequences) == 1)
+        except RuntimeError:  # neither is usable
+            keep.append(False)
+    pick = lambda a, b: jnp.where(jnp.asarray(keep).reshape((-1,) + (1,) * (a.ndim - 1)), b, a)
+    choose = lambda x, y: [y[k] if keep[k] else x[k] for k in range(len(keep))]
+    return jax.tree.map(pick, adam, both), choose(validation, v_polished), choose(tails, t_polished)
+
+
+def _result(c: TrainConfig, adam: Params, losses: np.ndarray, rec: np.ndarray, skip: np.ndarray) -> TrainResult:
+    """Polish one config's seeds where that helps, select its best seed on validation
+    and tail sets, and evaluate it."""
+    all_params, validation, tails = _polished_where_better(c, adam)
     # A seed that failed: rolled back too often, or never took a step (every one skipped).
     failed = (rec >= c.max_recoveries) | (skip >= losses.shape[1])
     try:
@@ -96,7 +125,8 @@ def train_group(
 ) -> list[TrainResult]:
     """Train several configs that share one program (`config.program`: same variant,
     shapes and optimiser; any noise setting and seed) side by side in one vmapped
-    call per chunk, then select and evaluate each one's best seed. `starts[i]`
+    call per chunk, polish each config's seeds where it says so and that helps
+    (lticl.polish), then select and evaluate each one's best seed. `starts[i]`
     continues config i from (state, losses so far); `on_chunk(i, state, losses)`
     is called for each config after every chunk, with the state copied to the host
     (numpy arrays); `progress(step, last losses)` once per chunk.
@@ -110,6 +140,7 @@ def train_group(
     begun, done = _begin(configs, starts or [None] * len(configs))
     for c in configs:  # drawn while the models train
         prefetch_tail_set(c.seed, c.noise, c.tail_sequences, c.n, c.d)
+        prefetch_polish_sample(c)
     bounds = np.cumsum([0] + [c.seeds for c in configs])
     parts = lambda tree, i: jax.tree.map(lambda a: a[bounds[i]:bounds[i + 1]], tree)
     models = int(bounds[-1])

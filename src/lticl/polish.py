@@ -1,0 +1,126 @@
+"""The polish: after Adam, L-BFGS on a fixed sample of the stratified objective.
+
+    params = polished(config, params)   # K stacked models, config.polish > 0
+
+Adam's steps leave a 3-layer model at high noise sharp along the rarest sequences: it
+blows up on one sequence in a million, past or between the stratum's sequences it met,
+although that sequence alone weighs more in the objective than what the sharpness
+gains (docs/training.md). A deterministic optimiser on a fixed sample of the same
+unbiased objective takes those sequences down, with a line search where Adam's steps
+of fixed size jump across them.
+
+The sample is the stratified objective's two parts at their probabilities: the
+`config.stratum` sequences of largest tail score among `config.polish_pool` fresh ones
+of the bank stream (probability p = stratum / polish_pool, each weighted p / stratum)
+and `config.polish_sequences` fresh ones of the "polish" stream, those below the
+bank's score weighted (1 − p) / (their number). Its weighted mean is an unbiased
+estimate of the mean loss over all sequences, as a stratified batch's is
+(`tasks.stratified_batch`), and it is fixed: the polish is a pure function of the
+model and the config.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+from functools import lru_cache
+from typing import TYPE_CHECKING
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import Array
+
+from .metrics import sequence_loss
+from .model import weights
+from .params import Params
+from .selection import adjusted_losses, in_background, tail_limit
+from .tasks import Tasks, data_key, stack_chunks, stratum_bank, tail_score, task_chunks
+
+if TYPE_CHECKING:
+    from .config import TrainConfig
+
+
+def polish_sample(seed: int, noise: str, pool: int, keep: int, sequences: int, n: int, d: int) -> tuple[Tasks, Array]:
+    """The polish's fixed sample and each sequence's weight (the weights sum to 1)."""
+    bank, threshold = stratum_bank(seed, noise, pool, keep, n, d)
+    fresh = stack_chunks(task_chunks(data_key(seed, noise, "polish"), noise, sequences, n, d))
+    below = np.asarray(tail_score(fresh)) < threshold
+    fresh = jax.tree.map(lambda a: a[below], fresh)
+    p = keep / pool
+    weight = np.concatenate([np.full(bank.batch, p / bank.batch), np.full(fresh.batch, (1 - p) / fresh.batch)])
+    sample = Tasks(*(jnp.concatenate(parts) for parts in zip(bank, fresh)))
+    return sample, jnp.asarray(weight, jnp.float32)
+
+
+@lru_cache(maxsize=16)
+def _prefetched(*args) -> Future:
+    return in_background(polish_sample, *args)
+
+
+def prefetch_polish_sample(config: TrainConfig) -> Future | None:
+    """Start drawing config's polish sample in the background, once per process (the
+    bank of a polish pool costs about as much as a tail set); None where it does not
+    polish. `polished` waits for it."""
+    if not config.polish:
+        return None
+    return _prefetched(config.seed, config.noise, config.polish_pool, config.stratum, config.polish_sequences,
+                       config.n, config.d)
+
+
+def sample_objective(params: Params, sample: Tasks, weight: Array) -> Array:
+    """The weighted mean query-averaged loss of one model on the polish's sample (in
+    the sample's dtype: the line search may hand in wider parameters)."""
+    params = jax.tree.map(lambda a: a.astype(sample.x.dtype), params)
+    return jnp.sum(weight * sequence_loss(weights(params, sample.x, sample.y), sample.w))
+
+
+_LBFGS = optax.lbfgs()
+
+
+def _lbfgs_step(params: Params, state, sample: Tasks, weight: Array):
+    value_fn = lambda p: sample_objective(p, sample, weight)
+    value, grad = optax.value_and_grad_from_state(value_fn)(params, state=state)
+    updates, state = _LBFGS.update(grad, state, params, value=value, grad=grad, value_fn=value_fn)
+    return optax.apply_updates(params, updates), state
+
+
+# One model at a time: under vmap the line search's loops and branches run for every
+# model at each step, about 3 times slower for one model.
+_lbfgs_step = jax.jit(_lbfgs_step)
+
+
+@jax.jit
+def _objectives(stacked: Params, sample: Tasks, weight: Array) -> Array:
+    return jax.vmap(lambda p: sample_objective(p, sample, weight))(stacked)
+
+
+def polished(config: TrainConfig, stacked: Params) -> Params:
+    """K stacked models after config.polish L-BFGS iterations each (optax's, with its
+    zoom line search) on the polish's sample, where the model has a heavy tail on the
+    sample's bank (an adjusted loss above `selection.tail_limit`); the others keep their
+    start, since a fixed sample fits the many parameters of a tame FULL model worse than
+    Adam's fresh batches did. A model whose objective on the sample ends non-finite or
+    no lower than it began keeps its start too. Where no model has a heavy tail there,
+    `stacked` itself comes back."""
+    if not config.polish:
+        return stacked
+    sample, weight = prefetch_polish_sample(config).result()
+    bank = jax.tree.map(lambda a: a[:config.stratum], sample)
+    worst = np.asarray(jnp.max(adjusted_losses(stacked, bank)[0], axis=1))
+    heavy = ~(worst <= tail_limit(config.d))  # nan: an overflow, a tail too
+    if not heavy.any():
+        return stacked
+    models = []
+    for k in range(len(worst)):
+        params = jax.tree.map(lambda a: a[k], stacked)
+        if heavy[k]:
+            state = _LBFGS.init(params)
+            for _ in range(config.polish):
+                params, state = _lbfgs_step(params, state, sample, weight)
+        models.append(params)
+    params = jax.tree.map(lambda *a: jnp.stack(a), *models)
+    before, after = _objectives(stacked, sample, weight), _objectives(params, sample, weight)
+    better = jnp.isfinite(after) & (after < before)
+    keep = lambda new, old: jnp.where(better.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
+    return jax.tree.map(keep, params, stacked)
