@@ -98,10 +98,10 @@ def _objectives(stacked: Params, sample: Tasks, weight: Array) -> Array:
 def polished(config: TrainConfig, stacked: Params) -> Params:
     """K stacked models after config.polish L-BFGS iterations each (optax's, with its
     zoom line search) on the polish's sample, where the model has a heavy tail on the
-    sample's bank (an adjusted loss above `selection.tail_limit`); the others keep their
-    start, since a fixed sample fits the many parameters of a tame FULL model worse than
-    Adam's fresh batches did. A model whose objective on the sample ends non-finite or
-    no lower than it began keeps its start too. Where no model has a heavy tail there,
+    sample's bank (an adjusted loss above `selection.tail_limit`); the others, which
+    the polish is not for, keep their start. A model whose objective on the sample ends
+    non-finite or no lower than it began keeps its start too (and a run keeps Adam's
+    model where validation prefers it: `train`). Where no model has a heavy tail there,
     `stacked` itself comes back."""
     if not config.polish:
         return stacked
