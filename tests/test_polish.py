@@ -11,14 +11,16 @@ import pytest
 import lticl.train
 from lticl.train import _checked, _polished_where_better
 from lticl.config import TrainConfig
+from lticl.engine import init_state
 from lticl.experiments import BUDGETS, budget_fields, matching
 from lticl.inits import gd_init
 from lticl.noise import as_noise
 from lticl.params import MAX_LAYERS, VARIANTS
-from lticl.polish import polish_sample, polished, sample_objective
+from lticl.polish import _fresh, own_sample, polish_sample, polished, sample_objective
 from lticl.rundir import CHECKPOINT, METRICS, config_hash
 from lticl.runs import run
-from lticl.selection import adjusted_losses, tail_limit
+from lticl.selection import TAIL_KEEP, adjusted_losses, model_losses, tail_limit
+from lticl.tasks import data_key, stack_chunks, task_chunks
 from lticl.theory import best_one_layer_loss, best_one_step_size
 
 SMALL = dict(d=3, n=8, batch=64, stratum=40, stratum_pool=8000, polish_pool=8000, polish_sequences=2000, seeds=2,
@@ -34,16 +36,38 @@ def test_the_polish_sample_is_unbiased_for_the_one_layer_loss():
     s2 = as_noise(config.noise).second_moment
     params = gd_init(jax.random.key(0), "full", 1, config.d, 1, best_one_step_size(config.n, config.d, s2), 0.0,
                      jnp.float32)
-    values = []
-    for seed in range(60):
-        sample, weight = polish_sample(seed, config.noise, config.polish_pool, config.stratum,
-                                       config.polish_sequences, config.n, config.d)
-        assert weight.shape == (sample.batch,) and abs(float(weight.sum()) - 1) < 1e-5
-        np.testing.assert_allclose(np.asarray(weight[:config.stratum]), 1 / config.polish_pool, rtol=1e-6)
-        values.append(float(sample_objective(params, sample, weight)))
-    values = np.array(values)
     exact = best_one_layer_loss(config.n, config.d, s2)
-    assert abs(values.mean() - exact) < 4 * values.std(ddof=1) / np.sqrt(values.size), (values.mean(), exact)
+    own = replace(config, polish_score="own")
+    for score in ("tail", "own"):
+        values = []
+        for seed in range(60):
+            if score == "tail":
+                sample, weight = polish_sample(seed, config.noise, config.polish_pool, config.stratum,
+                                               config.polish_sequences, config.n, config.d)
+            else:
+                fresh = _fresh(seed, config.noise, config.polish_sequences, config.n, config.d)
+                sample, weight = own_sample(replace(own, seed=seed), params, fresh)
+            assert weight.shape == (sample.batch,) and abs(float(weight.sum()) - 1) < 1e-5
+            np.testing.assert_allclose(np.asarray(weight[:40]), 1 / config.polish_pool, rtol=1e-6)
+            values.append(float(sample_objective(params, sample, weight)))
+        values = np.array(values)
+        assert abs(values.mean() - exact) < 4 * values.std(ddof=1) / np.sqrt(values.size), (score, values.mean(), exact)
+
+
+def test_the_own_sample_is_the_models_worst_of_its_pool_and_the_fresh_below_them():
+    config = TrainConfig("full", 2, "uniform:3", **{**SMALL, "stratum": 0, "polish_pool": 4096}, polish=5,
+                         polish_score="own")
+    params = jax.tree.map(lambda a: a[0], init_state(config).params)
+    fresh = _fresh(config.seed, config.noise, config.polish_sequences, config.n, config.d)
+    sample, weight = own_sample(config, params, fresh)
+    one = jax.tree.map(lambda a: a[None], params)
+    pool = stack_chunks(task_chunks(data_key(config.seed, config.noise, "bank"), config.noise, config.polish_pool,
+                                    config.n, config.d))
+    every = np.sort(np.asarray(model_losses(one, pool)[0]))[::-1]
+    mine = np.asarray(model_losses(one, sample)[0])
+    np.testing.assert_allclose(np.sort(mine[:TAIL_KEEP])[::-1], every[:TAIL_KEEP], rtol=1e-6)
+    assert mine[TAIL_KEEP:].max() < mine[:TAIL_KEEP].min() and sample.batch > TAIL_KEEP + 0.7 * fresh.batch
+    np.testing.assert_allclose(np.asarray(weight[:TAIL_KEEP]), 1 / config.polish_pool, rtol=1e-6)
 
 
 def _heavy_and_tame(config):
@@ -120,6 +144,9 @@ def test_the_polish_enters_the_hash_only_when_on():
     on = replace(plain, polish=30)
     assert config_hash(on) != config_hash(plain) and on.program == plain.program
     assert config_hash(replace(on, polish_pool=100_000)) != config_hash(on)
+    assert config_hash(replace(on, polish_score="tail")) == config_hash(on) != config_hash(
+        replace(on, polish_score="own"))
+    assert config_hash(replace(plain, polish_score="own")) == config_hash(plain)
 
 
 @pytest.mark.parametrize("change, match", [
@@ -128,17 +155,33 @@ def test_the_polish_enters_the_hash_only_when_on():
     (dict(polish=5, objective="sampled_query"), "query-averaged"),
     (dict(polish=-1), "polish"),
     (dict(polish_sequences=0), "polish_sequences"),
+    (dict(polish_score="nope"), "polish_score"),
+    (dict(polish=5, stratum=0, polish_score="own", polish_pool=2000), "at least 2,048"),
 ])
 def test_bad_polish_settings_are_refused(change, match):
     with pytest.raises(ValueError, match=match):
         TrainConfig("diag", 3, "uniform:5", **{**SMALL, **change})
 
 
-def test_the_laptop_budget_polishes_its_3_layer_continuations_which_have_the_stratum():
+def test_the_laptop_budget_polishes_its_3_layer_and_full_continuations_each_with_a_bank():
     laptop = BUDGETS["laptop"]
     for variant in VARIANTS:
         for layers in range(1, MAX_LAYERS + 1):
             fields = matching(laptop.continuation, variant, layers)
-            assert bool(fields.get("polish")) == (layers == 3), (variant, layers)
+            assert bool(fields.get("polish")) == (layers == 3 or variant == "full"), (variant, layers)
             config = TrainConfig(variant, layers, "uniform:5", **budget_fields("laptop", variant, layers) | fields)
-            assert not config.polish or config.stratum > 0
+            assert not config.polish or config.stratum > 0 or config.polish_score == "own"
+
+
+def test_the_polish_by_a_models_own_loss_lowers_a_blown_up_model_and_leaves_a_tame_one():
+    config = TrainConfig("diag", 3, "uniform:5", **{**SMALL, "stratum": 0, "polish_pool": 4096}, polish=8,
+                         polish_score="own")
+    stacked = _heavy_and_tame(config)
+    once = polished(config, stacked)
+    model = lambda tree, k: jax.tree.map(lambda a: a[k], tree)
+    fresh = _fresh(config.seed, config.noise, config.polish_sequences, config.n, config.d)
+    sample, weight = own_sample(config, model(stacked, 0), fresh)
+    before, after = (float(sample_objective(model(t, 0), sample, weight)) for t in (stacked, once))
+    assert after < 0.5 * before, (before, after)
+    for a, b in zip(jax.tree.leaves(model(once, 1)), jax.tree.leaves(model(stacked, 1))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

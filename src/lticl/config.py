@@ -18,9 +18,11 @@ from .engine import noise_atoms
 from .params import canonical_variant, check_size
 from .noise import as_noise
 from .paper import PAPER_D, PAPER_N
+from .selection import TAIL_KEEP
 from .tasks import positive_int
 
 OBJECTIVES = ("query_averaged", "sampled_query")
+POLISH_SCORES = ("tail", "own")  # what ranks the polish's bank (lticl.polish)
 
 # n × (d + 1) numbers per sequence at most: evaluations draw sequences in chunks of
 # tasks.CHUNK, and this keeps a chunk's context near 2 GiB in float32.
@@ -135,6 +137,10 @@ class TrainConfig:
     polish: int = _data(0)
     polish_pool: int = _data(4_000_000)
     polish_sequences: int = _data(20_000)
+    # What ranks the polish's bank: "tail", the tail score (the `stratum` top of the
+    # pool); "own", each model's own loss (its TAIL_KEEP worst of the pool), for FULL,
+    # which blows up along directions of its own (see screen_sequences).
+    polish_score: str = _data("tail")
 
     def __post_init__(self):
         object.__setattr__(self, "variant", canonical_variant(self.variant))
@@ -197,7 +203,12 @@ class TrainConfig:
                              f"{self.stratum_fraction} with stratum {self.stratum}")
         if self.stratum > self.stratum_pool // 2:
             raise ValueError(f"stratum ({self.stratum}) must be at most half of stratum_pool ({self.stratum_pool})")
-        if self.polish and not (self.stratum and self.stratum <= self.polish_pool // 2):
+        if self.polish_score not in POLISH_SCORES:
+            raise ValueError(f"unknown polish_score {self.polish_score!r}; expected one of {', '.join(POLISH_SCORES)}")
+        if self.polish and self.polish_score == "own" and self.polish_pool < 2 * TAIL_KEEP:
+            raise ValueError(f"polish_pool must be at least {2 * TAIL_KEEP:,} with polish_score own, got "
+                             f"{self.polish_pool:,}")
+        if self.polish and self.polish_score == "tail" and not (self.stratum and self.stratum <= self.polish_pool // 2):
             raise ValueError(f"polish needs the stratum: stratum > 0 and at most half of polish_pool "
                              f"({self.polish_pool:,}), got stratum {self.stratum}")
         if self.polish and self.objective != "query_averaged":

@@ -66,8 +66,12 @@ BUDGETS: dict[str, Budget] = {
         retry=((("full", "diag", "gdpp"), range(1, 5), STRATIFIED),),
         # The 3-layer models' continuations end in the polish: L-BFGS on a fixed sample of
         # their stratified objective takes down the one sequence in a million they blow up on.
+        # FULL's other continuations end in the polish too, its bank ranked by each model's
+        # own loss, where FULL blows up (FULL-6 categorical:1,3; docs/log/2026-12-04-polish.md);
+        # the 3-layer entry comes last and wins.
         continuation=((VARIANTS, range(1, MAX_LAYERS + 1), dict(steps=2000, lr=1e-3)),
-                      (VARIANTS, (3,), dict(polish=30))),
+                      (("full",), range(1, MAX_LAYERS + 1), dict(polish=10, polish_score="own", polish_pool=200_000)),
+                      (VARIANTS, (3,), dict(polish=30, polish_score="tail", polish_pool=4_000_000))),
         # DIAG's preconditioned models end in a big GD step; a layer grown above it stays idle.
         regrown=((("diag",), range(3, MAX_LAYERS + 1), dict(grow_below=True)),)),
     # For one GPU: the paper's batch, the laptop recipe's schedule and starts, ten

@@ -34,28 +34,58 @@ from jax import Array
 from .metrics import sequence_loss
 from .model import weights
 from .params import Params
-from .selection import adjusted_losses, in_background, tail_limit
+from .selection import TAIL_KEEP, adjusted_losses, in_background, model_losses, own_worst, tail_limit
 from .tasks import Tasks, data_key, stack_chunks, stratum_bank, tail_score, task_chunks
 
 if TYPE_CHECKING:
     from .config import TrainConfig
 
 
-def polish_sample(seed: int, noise: str, pool: int, keep: int, sequences: int, n: int, d: int) -> tuple[Tasks, Array]:
-    """The polish's fixed sample and each sequence's weight (the weights sum to 1)."""
-    bank, threshold = stratum_bank(seed, noise, pool, keep, n, d)
-    fresh = stack_chunks(task_chunks(data_key(seed, noise, "polish"), noise, sequences, n, d))
-    below = np.asarray(tail_score(fresh)) < threshold
+def _weighted(bank: Tasks, fresh: Tasks, below: np.ndarray, p: float) -> tuple[Tasks, Array]:
+    """The bank at probability p and the fresh sequences below it at 1 − p, each part
+    weighted evenly: a sample whose weighted mean is unbiased for the mean loss."""
     fresh = jax.tree.map(lambda a: a[below], fresh)
-    p = keep / pool
     weight = np.concatenate([np.full(bank.batch, p / bank.batch), np.full(fresh.batch, (1 - p) / fresh.batch)])
-    sample = Tasks(*(jnp.concatenate(parts) for parts in zip(bank, fresh)))
-    return sample, jnp.asarray(weight, jnp.float32)
+    return Tasks(*(jnp.concatenate(parts) for parts in zip(bank, fresh))), jnp.asarray(weight, jnp.float32)
+
+
+def _fresh(seed: int, noise: str, sequences: int, n: int, d: int) -> Tasks:
+    return stack_chunks(task_chunks(data_key(seed, noise, "polish"), noise, sequences, n, d))
+
+
+def polish_sample(seed: int, noise: str, pool: int, keep: int, sequences: int, n: int, d: int) -> tuple[Tasks, Array]:
+    """The polish's fixed sample, ranked by the tail score, and each sequence's weight
+    (the weights sum to 1)."""
+    bank, threshold = stratum_bank(seed, noise, pool, keep, n, d)
+    fresh = _fresh(seed, noise, sequences, n, d)
+    return _weighted(bank, fresh, np.asarray(tail_score(fresh)) < threshold, keep / pool)
+
+
+def _bank_size(config: TrainConfig) -> int:
+    return min(TAIL_KEEP, config.polish_pool) if config.polish_score == "own" else config.stratum
+
+
+def own_sample(config: TrainConfig, params: Params, fresh: Tasks) -> tuple[Tasks, Array]:
+    """The sample ranked by one model's own loss: its TAIL_KEEP worst of polish_pool
+    sequences of the bank stream (`selection.own_worst`), and the fresh ones on which
+    its loss is below theirs. The model is fixed while it is polished, so its loss is a
+    fixed score, and the sample as unbiased as the tail score's."""
+    stacked = jax.tree.map(lambda a: a[None], params)
+    bank = jax.tree.map(lambda a: a[0], own_worst(stacked, data_key(config.seed, config.noise, "bank"), config.noise,
+                                                  config.polish_pool, config.n))
+    threshold = np.asarray(model_losses(stacked, bank)[0]).min()
+    below = np.asarray(model_losses(stacked, fresh)[0]) < threshold
+    return _weighted(bank, fresh, below, bank.batch / config.polish_pool)
 
 
 @lru_cache(maxsize=16)
 def _prefetched(*args) -> Future:
     return in_background(polish_sample, *args)
+
+
+@lru_cache(maxsize=16)
+def _prefetched_fresh(*args) -> Future:
+    return in_background(_fresh, *args)
 
 
 def prefetch_polish_sample(config: TrainConfig) -> Future | None:
@@ -64,6 +94,8 @@ def prefetch_polish_sample(config: TrainConfig) -> Future | None:
     polish. `polished` waits for it."""
     if not config.polish:
         return None
+    if config.polish_score == "own":  # the fresh part; each model ranks its own bank
+        return _prefetched_fresh(config.seed, config.noise, config.polish_sequences, config.n, config.d)
     return _prefetched(config.seed, config.noise, config.polish_pool, config.stratum, config.polish_sequences,
                        config.n, config.d)
 
@@ -90,11 +122,6 @@ def _lbfgs_step(params: Params, state, sample: Tasks, weight: Array):
 _lbfgs_step = jax.jit(_lbfgs_step)
 
 
-@jax.jit
-def _objectives(stacked: Params, sample: Tasks, weight: Array) -> Array:
-    return jax.vmap(lambda p: sample_objective(p, sample, weight))(stacked)
-
-
 def polished(config: TrainConfig, stacked: Params) -> Params:
     """K stacked models after config.polish L-BFGS iterations each (optax's, with its
     zoom line search) on the polish's sample, where the model has a heavy tail on the
@@ -105,22 +132,21 @@ def polished(config: TrainConfig, stacked: Params) -> Params:
     `stacked` itself comes back."""
     if not config.polish:
         return stacked
-    sample, weight = prefetch_polish_sample(config).result()
-    bank = jax.tree.map(lambda a: a[:config.stratum], sample)
-    worst = np.asarray(jnp.max(adjusted_losses(stacked, bank)[0], axis=1))
-    heavy = ~(worst <= tail_limit(config.d))  # nan: an overflow, a tail too
-    if not heavy.any():
-        return stacked
-    models = []
-    for k in range(len(worst)):
-        params = jax.tree.map(lambda a: a[k], stacked)
-        if heavy[k]:
+    drawn = prefetch_polish_sample(config).result()
+    models, changed = [], False
+    for k in range(jax.tree.leaves(stacked)[0].shape[0]):
+        start = jax.tree.map(lambda a: a[k], stacked)
+        sample, weight = own_sample(config, start, drawn) if config.polish_score == "own" else drawn
+        bank = jax.tree.map(lambda a: a[:_bank_size(config)], sample)
+        worst = float(jnp.max(adjusted_losses(jax.tree.map(lambda a: a[None], start), bank)[0]))
+        params = start
+        if not worst <= tail_limit(config.d):  # nan: an overflow, a tail too
             state = _LBFGS.init(params)
             for _ in range(config.polish):
                 params, state = _lbfgs_step(params, state, sample, weight)
+            before, after = (float(sample_objective(m, sample, weight)) for m in (start, params))
+            if not (np.isfinite(after) and after < before):
+                params = start
+            changed = changed or params is not start
         models.append(params)
-    params = jax.tree.map(lambda *a: jnp.stack(a), *models)
-    before, after = _objectives(stacked, sample, weight), _objectives(params, sample, weight)
-    better = jnp.isfinite(after) & (after < before)
-    keep = lambda new, old: jnp.where(better.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
-    return jax.tree.map(keep, params, stacked)
+    return jax.tree.map(lambda *a: jnp.stack(a), *models) if changed else stacked

@@ -46,7 +46,7 @@ def config_hash(config: TrainConfig) -> str:
     as are the spike's two while spike_fraction is 0;
     so are the stratum's three while it is off (stratum 0), and n_min, normalised,
     continues, screen_sequences and grow_below at their defaults (0, False, "", 0,
-    False), and the polish's three while polish is 0."""
+    False), and the polish's four while polish is 0 (its score at "tail" always)."""
     fields = config.to_dict()
     if fields["wide_fraction"] == 0:
         del fields["wide_fraction"], fields["wide_scale"]
@@ -55,7 +55,9 @@ def config_hash(config: TrainConfig) -> str:
     if fields["stratum"] == 0:
         del fields["stratum"], fields["stratum_fraction"], fields["stratum_pool"]
     if fields["polish"] == 0:
-        del fields["polish"], fields["polish_pool"], fields["polish_sequences"]
+        del fields["polish"], fields["polish_pool"], fields["polish_sequences"], fields["polish_score"]
+    elif fields["polish_score"] == "tail":
+        del fields["polish_score"]
     for name, default in (("n_min", 0), ("normalised", False), ("continues", ""), ("screen_sequences", 0),
                           ("grow_below", False)):
         if fields[name] == default:
