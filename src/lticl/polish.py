@@ -7,13 +7,16 @@ blows up on one sequence in a million, past or between the stratum's sequences i
 although that sequence alone weighs more in the objective than what the sharpness
 gains (docs/training.md). A deterministic optimiser on a fixed sample of the same
 unbiased objective takes those sequences down, with a line search where Adam's steps
-of fixed size jump across them.
+of fixed size jump across them. FULL does the same along directions of its own, which
+no score of the data ranks and its own loss does (`polish_score = "own"`).
 
 The sample is the stratified objective's two parts at their probabilities: the
 `config.stratum` sequences of largest tail score among `config.polish_pool` fresh ones
 of the bank stream (probability p = stratum / polish_pool, each weighted p / stratum)
 and `config.polish_sequences` fresh ones of the "polish" stream, those below the
-bank's score weighted (1 − p) / (their number). Its weighted mean is an unbiased
+bank's score weighted (1 − p) / (their number). With `polish_score = "own"` the bank
+is the model's own TAIL_KEEP worst of the pool and "below" is by the model's loss, a
+fixed score while the model is polished (`own_sample`). Its weighted mean is an unbiased
 estimate of the mean loss over all sequences, as a stratified batch's is
 (`tasks.stratified_batch`), and it is fixed: the polish is a pure function of the
 model and the config.
