@@ -133,7 +133,7 @@ class TrainConfig:
     # stratified objective (lticl.polish): the `stratum` sequences of largest tail score
     # among `polish_pool` fresh ones, and `polish_sequences` fresh ones below them. It
     # takes down the rare sequences a model blows up on, which Adam's fixed steps jump
-    # across. Needs the stratum (stratum > 0); 0 for none.
+    # across. Ranked by the tail score it needs the stratum (stratum > 0); 0 for none.
     polish: int = _data(0)
     polish_pool: int = _data(4_000_000)
     polish_sequences: int = _data(20_000)

@@ -65,7 +65,7 @@ def polish_sample(seed: int, noise: str, pool: int, keep: int, sequences: int, n
 
 
 def _bank_size(config: TrainConfig) -> int:
-    return min(TAIL_KEEP, config.polish_pool) if config.polish_score == "own" else config.stratum
+    return TAIL_KEEP if config.polish_score == "own" else config.stratum  # own_worst's keep: the pool holds 2×
 
 
 def own_sample(config: TrainConfig, params: Params, fresh: Tasks) -> tuple[Tasks, Array]:

@@ -92,7 +92,7 @@ def _polished_where_better(c: TrainConfig, adam: Params) -> tuple[Params, list[E
         except RuntimeError:  # neither is usable
             keep.append(False)
     pick = lambda a, b: jnp.where(jnp.asarray(keep).reshape((-1,) + (1,) * (a.ndim - 1)), b, a)
-    choose = lambda x, y: [y[k] if keep[k] else x[k] for k in range(len(keep))]
+    choose = lambda x, y: [b if kept else a for a, b, kept in zip(x, y, keep)]
     return jax.tree.map(pick, adam, both), choose(validation, v_polished), choose(tails, t_polished)
 
 
