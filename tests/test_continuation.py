@@ -17,13 +17,14 @@ import pytest
 
 from lticl.config import TrainConfig
 from lticl.engine import init_state
-from lticl.experiments import BUDGETS, matching
+from lticl.experiments import BUDGETS, cells, matching
 from lticl.io import load_npz
 from lticl.paper import paper_value
 from lticl.params import as_full
 from lticl.reproduce import Reproduction
 from lticl.rundir import MODEL, SEEDS, config_hash, continuation_start, load_seeds, run_name
 from lticl.runs import run
+from lticl.sweep import Sweep
 from lticl.table1 import gdpp_bound
 
 TINY = dict(d=3, n=8, batch=64, steps=40, chunk=10, seeds=2, validation_sequences=500, evaluation_sequences=500,
@@ -210,6 +211,52 @@ def test_a_cell_continues_when_it_misses_on_validation_and_never_reads_its_evalu
     smoke = Reproduction(tmp_path, "smoke")  # a budget without continuations
     _cell(smoke, key, paper * 1.2)
     assert smoke.continuations(key) == []
+
+
+def test_a_cell_decides_its_continuation_after_the_cells_it_may_start_from(tmp_path):
+    """Table 1's cells in waves: each in the first wave after all of its candidates
+    (the same variant one layer shallower; for FULL, DIAG's of its depth), every cell
+    once, in the given order within a wave."""
+    rep = Reproduction(tmp_path, "laptop")
+    keys = sorted(cells("table1"))
+    waves = rep.waves(keys)
+    assert sorted(k for w in waves for k in w) == keys and all(w == sorted(w) for w in waves)
+    at = {k: i for i, w in enumerate(waves) for k in w}
+    for k in keys:
+        assert at[k] == 1 + max((at[c] for c in rep.candidates(k) if c in at), default=-1), k
+    assert at[("diag", 7, "uniform:2")] > at[("diag", 6, "uniform:2")]
+    assert at[("full", 3, "uniform:2")] > at[("diag", 3, "uniform:2")]
+
+
+class _Chain(Sweep):
+    """A sweep whose key k may start from key k − 1, and that continues every key
+    once, recording what each decision saw; training only records the runs."""
+
+    def __init__(self, out):
+        super().__init__(out)
+        self.seen = {}
+
+    def _train(self, runs, note=""):
+        for key, config in runs:
+            self.runs.setdefault(key, []).append((config, {}))
+
+    def tailed(self, key):
+        return False
+
+    def candidates(self, key):
+        return [key - 1] if key else []
+
+    def continuations(self, key):
+        self.seen[key] = [c.continues for c, _ in self.runs.get(key - 1, [])]
+        return [replace(self.configs[key], continues=f"run-{key}")]
+
+
+def test_a_sweep_continues_a_key_after_its_candidates_continued(tmp_path):
+    chain = _Chain(tmp_path)
+    chain.train({k: TrainConfig("diag", 1 + k, "uniform:2", **TINY) for k in (2, 0, 1)})
+    assert chain.waves([2, 0, 1]) == [[0], [1], [2]]
+    assert chain.seen == {0: [], 1: ["", "run-0"], 2: ["", "run-1"]}
+    assert Sweep(tmp_path).waves([2, 0, 1]) == [[2, 0, 1]]  # no candidates: one wave
 
 
 def test_a_grown_model_keeps_its_parents_layers_and_adds_a_small_gd_step():

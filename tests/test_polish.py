@@ -102,10 +102,12 @@ def test_the_polish_lowers_a_heavy_tailed_objective_and_is_a_pure_function():
 
 def test_each_seed_keeps_adams_model_or_the_polished_one_as_validation_and_tail_sets_prefer():
     """A run keeps, per seed, whichever of its two models `select_best` prefers: the
-    blown-up start polished, the tame one as it was, with the evaluations of the kept."""
+    blown-up start polished, the tame one as it was, with the evaluations of the kept
+    and which one it kept."""
     config = TrainConfig("diag", 3, "uniform:5", **SMALL, polish=8)
     stacked = _heavy_and_tame(config)
-    kept, validation, tails = _polished_where_better(config, stacked)
+    kept, validation, tails, flags = _polished_where_better(config, stacked)
+    assert flags == (True, False)
     polished_too = polished(config, stacked)
     for k, source in ((0, polished_too), (1, stacked)):
         for a, b in zip(jax.tree.leaves(kept), jax.tree.leaves(source)):

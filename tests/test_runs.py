@@ -143,7 +143,8 @@ _seed = st.tuples(st.sampled_from([0.1, 0.2, 0.3, float("nan")]), st.sampled_fro
 @given(st.lists(st.lists(_seed, min_size=1, max_size=3), min_size=1, max_size=3))
 def test_combined_runs_choose_the_seed_one_run_of_all_of_them_would(runs):
     """Runs of consecutive seeds, each having chosen its own best (as train_group
-    does), combine to the seed select_best picks among all of them at once."""
+    does), combine to the seed select_best picks among all of them at once, with the
+    per-seed lists joined (a run written before the polish was recorded: unpolished)."""
     d, pool = 10, 1e6
     ev = lambda mean, worst: Evaluation(mean, 0.01, worst, int(mean != mean), 0.0, 100).to_dict()
     metrics = []
@@ -158,9 +159,12 @@ def test_combined_runs_choose_the_seed_one_run_of_all_of_them_would(runs):
             seed, usable = 0, False
         metrics.append(dict(seed=seed, usable=usable, validation=validation, tail=tail,
                             recoveries=[20 * f for *_, f in seeds], skipped_steps=[0] * len(seeds)))
+        if len(metrics) % 2:  # the first, third run record their seeds as polished; the second has no record
+            metrics[-1]["polished"] = [True] * len(seeds)
     combined = combine_runs(metrics, d, pool)
     every = [s for seeds in runs for s in seeds]
     assert len(combined["validation"]) == len(combined["tail"]) == len(combined["recoveries"]) == len(every)
+    assert combined["polished"] == [i % 2 == 0 for i, seeds in enumerate(runs) for _ in seeds]
     try:
         expected = select_best([Evaluation(**v) for v in combined["validation"]], [f for *_, f in every],
                                [Evaluation(**t) for t in combined["tail"]], tail_limit(d), pool)

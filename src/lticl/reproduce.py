@@ -58,13 +58,13 @@ class Reproduction(Sweep):
         set (`table1.training_verdict`; the evaluation set is never read) trains on
         with the budget's `continuation` fields for its variant and depth. It starts
         from the lowest on the same validation sequences of the tame ones among its own
-        chosen model and two candidates: the same variant's one layer shallower, grown
-        by a layer, and, for FULL, DIAG's of the same depth (a DIAG model is a FULL one
-        whose blocks are scaled identities). Where its own model has a heavy tail, it
-        also continues that model, in a second run: continuing sometimes keeps a
-        tail and sometimes trains it away. Where the budget's `regrown` fields match,
-        it also continues the tame shallower model grown as they say (the laptop's DIAG:
-        below the last layer). A GD++ cell whose paper value lies below the bound is
+        chosen model and its `candidates`, as they are after their own continuations:
+        the same variant's one layer shallower, grown by a layer, and, for FULL, DIAG's
+        of the same depth (a DIAG model is a FULL one whose blocks are scaled
+        identities). Where its own model has a heavy tail, it also continues that
+        model, in a second run: continuing sometimes keeps a tail and sometimes trains
+        it away. Where the budget's `regrown` fields match, it also continues the tame
+        shallower model grown as they say (the laptop's DIAG: below the last layer). A GD++ cell whose paper value lies below the bound is
         not continued, nor is a cell with no usable model to start from."""
         fields = matching(self.plan.continuation, key[0], key[1])
         m = self.metrics[key]
@@ -76,7 +76,7 @@ class Reproduction(Sweep):
             return []
         variant, layers, noise = key
         mean = lambda k: self.metrics[k]["validation"][self.metrics[k]["seed"]]["mean"]
-        candidates = [(variant, layers - 1, noise)] + ([("diag", layers, noise)] if variant == "full" else [])
+        candidates = self.candidates(key)
         tame = [k for k in [key] + candidates if k in self.metrics and not self.tailed(k)]
         lowest = [min(tame, key=mean)] if tame else []  # the first of equals: the cell's own model
         starts = [(k, fields) for k in lowest + ([key] if m["usable"] and key not in tame else [])]
@@ -87,6 +87,12 @@ class Reproduction(Sweep):
         for start, run_fields in starts:  # each numbered after the ones before it
             runs.append(self.continued(key, start, sum(r.seeds for r in runs), **run_fields))
         return runs
+
+    def candidates(self, key) -> list:
+        """A cell's other starts: the same variant one layer shallower and, for FULL,
+        DIAG's of the same depth. Their continuations are decided first (`Sweep.waves`)."""
+        variant, layers, noise = key
+        return [(variant, layers - 1, noise)] + ([("diag", layers, noise)] if variant == "full" else [])
 
     def train(self, keys: set) -> None:
         """Train every cell in `keys` not yet trained (see `Sweep.train`)."""

@@ -40,6 +40,7 @@ def metrics_of(result: TrainResult, seconds: float) -> dict:
         "evaluation": ev.to_dict(),
         "validation": [v.to_dict() for v in result.validation],
         "tail": [v.to_dict() for v in result.tail],
+        "polished": list(result.polished),
         "seconds": seconds,
     }
 
@@ -47,7 +48,7 @@ def metrics_of(result: TrainResult, seconds: float) -> dict:
 def combine_runs(runs: list[dict], d: int, pool: float) -> dict:
     """One config's metrics over runs of consecutive seeds (`first_seed`, in order):
     those of the run whose chosen seed `train.select_best` prefers, with the per-seed
-    lists (validation, tail, recoveries, skipped steps) joined and `seed` indexing
+    lists (validation, tail, recoveries, skipped steps, polished) joined and `seed` indexing
     them; `pool`: the sequences a tail set is drawn from (`select_best`). Each run
     chose by the same rule, so this is the seed it would choose among all of them at
     once."""
@@ -60,6 +61,8 @@ def combine_runs(runs: list[dict], d: int, pool: float) -> dict:
         best = 0
     joined = {field: [x for m in runs for x in m[field]]
               for field in ("validation", "tail", "recoveries", "skipped_steps")}
+    # runs written before the polish was recorded: none of their seeds was polished
+    joined["polished"] = [x for m in runs for x in m.get("polished", [False] * len(m["validation"]))]
     return {**runs[best], **joined, "seed": sum(len(m["validation"]) for m in runs[:best]) + runs[best]["seed"]}
 
 

@@ -10,7 +10,8 @@ over the paper's grid. Configs that share a compiled program (`config.program`)
 train side by side in one vmapped call; a restarted sweep reuses finished runs and
 resumes unfinished ones from their checkpoints. A cell with no usable seed, or whose
 chosen seed has a heavy tail, gets one second run of as many new seeds; a subclass
-may then continue a cell's chosen run for more steps (`Sweep.continuations`).
+may then continue a cell's chosen run for more steps (`Sweep.continuations`), a cell
+after the cells it may start from (`Sweep.waves`).
 
 A grid file (TOML):
 
@@ -77,8 +78,9 @@ class Sweep:
         self._train([(k, c) for k, c in configs.items() if k not in self.runs])
         tailed = [k for k in configs if len(self.runs[k]) == 1 and self.tailed(k)]
         self._train([(k, self.retry(k)) for k in tailed], " (new seeds: heavy tail)")
-        self._train([(k, c) for k in configs if not any(c.continues for c, _ in self.runs[k])
-                     for c in self.continuations(k)], " (continued)")
+        for wave in self.waves(list(configs)):  # a key decides once the keys it may start from are final
+            self._train([(k, c) for k in wave if not any(c.continues for c, _ in self.runs[k])
+                         for c in self.continuations(k)], " (continued)")
 
     def tailed(self, key) -> bool:
         m, d = self.metrics[key], self.configs[key].d
@@ -95,6 +97,28 @@ class Sweep:
         """The runs that continue a key's chosen model for more steps: a plain sweep
         has no target to miss, so it continues nothing (a Reproduction does)."""
         return []
+
+    def candidates(self, key) -> list:
+        """The other keys whose chosen models a key's continuations may start from
+        (a plain sweep: none)."""
+        return []
+
+    def waves(self, keys: list) -> list[list]:
+        """The keys in the order their continuations are decided: each in the wave after
+        the last of its candidates among them, so that it chooses its start among their
+        final models, continued where they were (a key without candidates: the first
+        wave). Keys keep their order within a wave."""
+        among, level = set(keys), {}
+
+        def wave(k):
+            if k not in level:
+                level[k] = 1 + max((wave(c) for c in self.candidates(k) if c in among), default=-1)
+            return level[k]
+
+        waves = defaultdict(list)
+        for k in keys:
+            waves[wave(k)].append(k)
+        return [waves[i] for i in sorted(waves)]
 
     def continued(self, key, parent=None, after: int = 0, **fields) -> TrainConfig:
         """A run of the key's chosen run's config, with `fields` over it, that starts

@@ -38,6 +38,7 @@ class TrainResult(NamedTuple):
     evaluation: Evaluation  # the best seed's adjusted loss on fresh evaluation sequences
     oracle_loss: Evaluation
     usable: bool = True  # False: every seed failed or has non-finite validation losses
+    polished: tuple[bool, ...] = ()  # per seed, whether it kept the polished model over Adam's (lticl.polish)
 
 
 Start = tuple[TrainState, np.ndarray]  # a state and the losses so far, (K, steps done)
@@ -75,14 +76,16 @@ def _checked(c: TrainConfig, all_params: Params) -> tuple[list[Evaluation], list
     return validation, tail_evaluations(all_params, c.seed, c.noise, c.tail_sequences, c.n, c.screen_sequences)
 
 
-def _polished_where_better(c: TrainConfig, adam: Params) -> tuple[Params, list[Evaluation], list[Evaluation]]:
+def _polished_where_better(c: TrainConfig, adam: Params
+                           ) -> tuple[Params, list[Evaluation], list[Evaluation], tuple[bool, ...]]:
     """Each seed as Adam left it or polished (lticl.polish), whichever `select_best`
     prefers on validation and tail sets: the polish trades a little of the mean for
-    the tail, which a tame model does not need. With their evaluations."""
+    the tail, which a tame model does not need. With their evaluations, and per seed
+    whether the polished model was kept."""
     validation, tails = _checked(c, adam)
     both = polished(c, adam)
     if both is adam:
-        return adam, validation, tails
+        return adam, validation, tails, (False,) * len(validation)
     v_polished, t_polished = _checked(c, both)
     keep = []
     for k in range(len(validation)):
@@ -93,13 +96,13 @@ def _polished_where_better(c: TrainConfig, adam: Params) -> tuple[Params, list[E
             keep.append(False)
     pick = lambda a, b: jnp.where(jnp.asarray(keep).reshape((-1,) + (1,) * (a.ndim - 1)), b, a)
     choose = lambda x, y: [b if kept else a for a, b, kept in zip(x, y, keep)]
-    return jax.tree.map(pick, adam, both), choose(validation, v_polished), choose(tails, t_polished)
+    return jax.tree.map(pick, adam, both), choose(validation, v_polished), choose(tails, t_polished), tuple(keep)
 
 
 def _result(c: TrainConfig, adam: Params, losses: np.ndarray, rec: np.ndarray, skip: np.ndarray) -> TrainResult:
     """Polish one config's seeds where that helps, select its best seed on validation
     and tail sets, and evaluate it."""
-    all_params, validation, tails = _polished_where_better(c, adam)
+    all_params, validation, tails, kept_polished = _polished_where_better(c, adam)
     # A seed that failed: rolled back too often, or never took a step (every one skipped).
     failed = (rec >= c.max_recoveries) | (skip >= losses.shape[1])
     try:
@@ -113,7 +116,8 @@ def _result(c: TrainConfig, adam: Params, losses: np.ndarray, rec: np.ndarray, s
     (evaluation,), oracle = evaluate_models(jax.tree.map(lambda a: a[None], params),
                                             data_key(c.seed, c.noise, "evaluation"), c.noise,
                                             c.evaluation_sequences, c.n)
-    return TrainResult(c, params, best, all_params, losses, rec, skip, validation, tails, evaluation, oracle, usable)
+    return TrainResult(c, params, best, all_params, losses, rec, skip, validation, tails, evaluation, oracle, usable,
+                       kept_polished)
 
 
 def train_group(
