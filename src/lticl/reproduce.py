@@ -64,8 +64,9 @@ class Reproduction(Sweep):
         identities). Where its own model has a heavy tail, it also continues that
         model, in a second run: continuing sometimes keeps a tail and sometimes trains
         it away. Where the budget's `regrown` fields match, it also continues the tame
-        shallower model grown as they say (the laptop's DIAG: below the last layer). A GD++ cell whose paper value lies below the bound is
-        not continued, nor is a cell with no usable model to start from."""
+        shallower model grown as they say (the laptop's DIAG: below the last layer). A
+        GD++ cell whose paper value lies below the bound is not continued, nor is a cell
+        with no usable model to start from."""
         fields = matching(self.plan.continuation, key[0], key[1])
         m = self.metrics[key]
         if not fields:
