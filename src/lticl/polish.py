@@ -34,8 +34,8 @@ import numpy as np
 import optax
 from jax import Array
 
+from . import kernel
 from .metrics import sequence_loss
-from .model import weights
 from .params import Params
 from .selection import TAIL_KEEP, adjusted_losses, in_background, model_losses, own_worst, tail_limit
 from .tasks import Tasks, data_key, stack_chunks, stratum_bank, tail_score, task_chunks
@@ -103,11 +103,44 @@ def prefetch_polish_sample(config: TrainConfig) -> Future | None:
                        config.n, config.d)
 
 
+_PIECE = 512  # sequences per piece of the objective: the kernel's best batch (BENCHMARKS.md)
+
+
+def _value_and_grad(params: Params, sample: Tasks, weight: Array) -> tuple[Array, Params]:
+    """The weighted loss and its gradient by the training step's kernel (`lticl.kernel`),
+    summed over pieces of _PIECE sequences; the last piece is filled with sequences of
+    zeros at weight 0, which add nothing to either."""
+    params = jax.tree.map(lambda a: a.astype(sample.x.dtype), params)
+    pad = -sample.batch % _PIECE
+    pieces = lambda a: jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1)).reshape((-1, _PIECE) + a.shape[1:])
+
+    def piece(args):
+        t, wt = args
+        return kernel.value_and_grad(params, t.x, t.y, lambda w_last: jnp.sum(wt * sequence_loss(w_last, t.w)))
+
+    losses, grads = jax.lax.map(piece, (jax.tree.map(pieces, sample), pieces(weight)))
+    return jnp.sum(losses), jax.tree.map(lambda g: jnp.sum(g, axis=0), grads)
+
+
+@jax.custom_vjp
 def sample_objective(params: Params, sample: Tasks, weight: Array) -> Array:
     """The weighted mean query-averaged loss of one model on the polish's sample (in
-    the sample's dtype: the line search may hand in wider parameters)."""
-    params = jax.tree.map(lambda a: a.astype(sample.x.dtype), params)
-    return jnp.sum(weight * sequence_loss(weights(params, sample.x, sample.y), sample.w))
+    the sample's dtype: the line search may hand in wider parameters). Its gradient
+    is the kernel's, by hand (the value alone compiles to the forward pass)."""
+    return _value_and_grad(params, sample, weight)[0]
+
+
+def _objective_forward(params, sample, weight):
+    value, grads = _value_and_grad(params, sample, weight)
+    return value, (grads, params)
+
+
+def _objective_backward(residuals, cotangent):
+    grads, params = residuals
+    return jax.tree.map(lambda g, p: (cotangent * g).astype(p.dtype), grads, params), None, None
+
+
+sample_objective.defvjp(_objective_forward, _objective_backward)
 
 
 _LBFGS = optax.lbfgs()
