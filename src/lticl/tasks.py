@@ -219,8 +219,8 @@ def tail_score(tasks: Tasks) -> Array:
 @jax.jit
 def _score_bound(tasks: Tasks) -> Array:
     """An upper bound of `tail_score` per sequence (B,), at a fraction of its cost:
-    mean(y²)·‖G²‖_F^½, since λ_max(G)⁴ ≤ tr(G⁴) = ‖G²‖_F² for G = XᵀX/n ⪰ 0. It
-    admits about one sequence in 1,500 past the top 1,024 of 4,000,000's score."""
+    mean(y²)·‖G²‖_F^½, since λ_max(G)⁴ ≤ tr(G⁴) = ‖G²‖_F² for G = XᵀX/n ⪰ 0. Near the
+    top of a pool few sequences pass it (docs/log/2026-12-04-profile.md)."""
     # Products as broadcast sums: XLA fuses them, where its batched 10 × 10 matmuls
     # cost three times as much on a CPU.
     g = jnp.sum(tasks.x[:, :, :, None] * tasks.x[:, :, None, :], axis=1) / tasks.n
