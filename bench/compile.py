@@ -1,16 +1,14 @@
 """What JAX's PRNG setting, and the shape of a draw, cost to compile and to run, in one
 process per setting.
 
-For each setting (lticl's draws, `tasks.normal`: flat then reshaped, under the
-original, not partitionable threefry since ecae5f8; the same flat draws under JAX's
-default, partitionable threefry, lticl's from 1ea966e until ecae5f8;
-`jax.random.normal` drawing each shape as it is, partitionable, as lticl did until
-1ea966e; the same not partitionable; rbg): the compile time of four draws of a laptop
-batch's context shape, then their run time, and for a group of 10 laptop configs
-(the uniform settings) of each of FULL-7 and DIAG-3, the first `run_steps` call of
-100 steps (compilation and the steps) and a second one. Flat and shaped draws of a
-threefry setting are the same numbers; the settings differ from each other: this
-measures only cost.
+For each setting (threefry as JAX defaults it, with lticl's draws: `tasks.normal`,
+flat then reshaped; the same with `jax.random.normal` drawing each shape as it is, as
+lticl did until the flat draws; threefry not partitionable; rbg): the compile time of
+four draws of a laptop batch's context shape, then their run time, and
+for a group of 10 laptop configs (the uniform settings) of each of FULL-7 and DIAG-3,
+the first `run_steps` call of 100 steps (compilation and the steps) and a second one.
+The two threefry settings draw the same numbers; the other two change every random
+stream: this measures only cost.
 
     python bench/compile.py            # LTICL_COMPILATION_CACHE is not read: nothing is cached
 """
@@ -19,7 +17,7 @@ import subprocess
 import sys
 import time
 
-SETTINGS = ("threefry", "threefry-partitionable", "threefry-shaped-draws", "threefry-not-partitionable", "rbg")
+SETTINGS = ("threefry", "threefry-shaped-draws", "threefry-not-partitionable", "rbg")
 
 
 def measure(setting: str) -> None:
@@ -34,11 +32,7 @@ def measure(setting: str) -> None:
     from lticl.engine import concat, init_state, run_steps
     from lticl.experiments import UNIFORM, budget_config
 
-    if setting == "threefry-partitionable":  # lticl's draws from 1ea966e until ecae5f8
-        from draws import partitionable_normal  # bench/draws.py
-
-        tasks.normal = partitionable_normal
-    elif setting != "threefry":
+    if setting != "threefry":
         tasks.normal = jax.random.normal  # the draws lticl made until it drew flat
     use_cpu_cores(2)
     draws = lambda key: [tasks.normal(k, (512, 20, 10)) for k in jax.random.split(key, 4)]

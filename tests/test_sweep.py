@@ -53,7 +53,7 @@ def test_the_curve_says_what_the_engine_did():
     """Steps fail (a low explode threshold) and a seed rolls back: the curve's skipped
     steps and rollbacks are the engine's counts, and its learning rate of the next
     step is the schedule at the optimiser's own count times the seed's scale."""
-    c = TrainConfig("full", 2, "uniform:2", d=3, n=8, batch=32, steps=301, chunk=301, seeds=2, explode=0.3,
+    c = TrainConfig("full", 2, "uniform:2", d=3, n=8, batch=32, steps=301, chunk=301, seeds=2, explode=0.4,
                     patience=3, lr=1e-2, warmup=5)
     before, first = run_steps(c, init_state(c), 300)
     _, last = run_steps(c, before, 1)

@@ -74,13 +74,10 @@ def check_key(key) -> None:
 
 
 def normal(key: Array, shape: tuple[int, ...], dtype=jnp.float32) -> Array:
-    """`jax.random.normal(key, shape, dtype)` under JAX's original, not partitionable
-    threefry (`jax.threefry_partitionable(False)`, scoped here: the caller's setting is
-    left alone), the same numbers bit for bit, drawn flat and reshaped. XLA compiles a
-    flat draw several times faster, and unvmapped (an evaluation chunk, a tail set, a
-    bank) the original threefry runs several times faster on a CPU (BENCHMARKS.md)."""
-    with jax.threefry_partitionable(False):
-        return jax.random.normal(key, (math.prod(shape),), dtype).reshape(shape)
+    """`jax.random.normal(key, shape, dtype)`, the same numbers bit for bit (threefry
+    counts in row-major order), drawn flat and reshaped: XLA compiles a flat draw
+    several times faster, and on a CPU it runs faster too (BENCHMARKS.md)."""
+    return jax.random.normal(key, (math.prod(shape),), dtype).reshape(shape)
 
 
 def _stream(key: Array, name: str) -> Array:
