@@ -75,5 +75,6 @@ def main() -> None:
     for (name, (before, now)), (ref, new) in zip(rows.items(), names):
         print(f"| {name}: {ref} → {new} | {min(before):.2f} | {min(now):.2f} | {min(before) / min(now):.1f}× |")
 
+
 if __name__ == "__main__":
     main()

@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lticl
-from lticl.tasks import (_BOUND_SLACK, CHUNK, _score_bound, data_key, mixture_tasks, normal, stack_chunks, tail_score, tail_tasks, task_chunks,
-                         tasks_given_sigma)
+from lticl.tasks import (_BOUND_SLACK, CHUNK, _score_bound, data_key, mixture_tasks, normal, stack_chunks, tail_score,
+                         tail_tasks, task_chunks, tasks_given_sigma)
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
