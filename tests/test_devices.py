@@ -49,3 +49,45 @@ def test_the_backend_is_named_and_a_cpu_fallback_is_never_silent(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if "cuda" in name else real(name, *a))
     warning = devices.cpu_fallback_warning()
     assert (warning is not None) == (jax.default_backend() == "cpu")
+
+
+def _dot_precisions(jaxpr):
+    """The precision of every dot_general in a jaxpr and in the jaxprs inside it."""
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            yield eqn.params["precision"]
+        for value in eqn.params.values():
+            for inner in value if isinstance(value, (tuple, list)) else (value,):
+                inner = getattr(inner, "jaxpr", inner)
+                if hasattr(inner, "eqns"):
+                    yield from _dot_precisions(inner)
+
+
+def test_every_product_asks_for_the_precision_of_its_inputs():
+    """JAX's default lets a GPU compute float32 products in TF32 (BENCHMARKS.md, "One
+    GPU"): every product of a training step (both gradient paths, spiked batches),
+    of each form of the model, of the data, the tail score, the baselines and the
+    implicit regressor asks for the highest precision."""
+    import jax.numpy as jnp
+
+    import lticl
+    from lticl import baselines
+    from lticl.config import TrainConfig
+    from lticl.engine import init_state, run_steps
+    from lticl.tasks import sample_tasks, tail_score
+
+    highest = (jax.lax.Precision.HIGHEST,) * 2
+    t = sample_tasks(jax.random.key(0), "uniform:1", 8, 20, 10, jnp.float32)
+    config = TrainConfig("full", 3, "uniform:1", batch=8, steps=4, spike_fraction=0.1)
+    state = init_state(config)
+    traced = {"fast step": lambda: run_steps(config, state, 2), "reference step": lambda: run_steps(config, state, 2, True),
+              "data": lambda: sample_tasks(jax.random.key(0), "uniform:1", 8, 20, 10, jnp.float32),
+              "tail score": lambda: tail_score(t), "ridge": lambda: baselines.ridge(t.x, t.y, 0.5),
+              "implicit": lambda: lticl.implicit_state(lticl.gd_init(jax.random.key(1), "diag", 3, 10), t.x, t.y)}
+    for variant, forms in (("full", ("tokens", "gram")), ("diag", lticl.FORMS)):
+        params = lticl.gd_init(jax.random.key(1), variant, 3, 10)
+        for form in forms:
+            traced[f"{variant} {form}"] = lambda p=params, f=form: lticl.predict(p, t.x, t.y, t.x_query, f)
+    for name, fn in traced.items():
+        precisions = list(_dot_precisions(jax.make_jaxpr(fn)().jaxpr))
+        assert precisions and all(p == highest for p in precisions), (name, precisions)

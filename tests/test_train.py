@@ -101,6 +101,7 @@ def test_starting_preconditioned_escapes_the_optimum_that_gd_start_trains_into()
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="one GPU: a group's models share the device")
 def test_a_group_spread_over_devices_equals_each_config_alone():
     """Three configs on two CPU devices (conftest asks for two; one is padded)
     train as each does alone on one device, to float32 rounding (observed ≤ 1e-9:

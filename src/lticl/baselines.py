@@ -24,6 +24,7 @@ import numpy as np
 from jax import Array
 
 from .model import check_batch
+from .products import einsum
 from .tasks import Tasks, positive_int
 
 
@@ -36,8 +37,8 @@ class Spectrum(NamedTuple):
 
 
 def spectrum(x: Array, y: Array) -> Spectrum:
-    mu, V = jnp.linalg.eigh(jnp.einsum("bnd,bne->bde", x, x))
-    beta = jnp.einsum("bdk,bd->bk", V, jnp.einsum("bnd,bn->bd", x, y))
+    mu, V = jnp.linalg.eigh(einsum("bnd,bne->bde", x, x))
+    beta = einsum("bdk,bd->bk", V, einsum("bnd,bn->bd", x, y))
     return Spectrum(mu, V, beta)
 
 
@@ -64,7 +65,7 @@ def gd_filter(mu: Array, step_size, steps: int) -> Array:
 
 
 def apply_filter(s: Spectrum, f: Array) -> Array:
-    return jnp.einsum("bdk,bk->bd", s.V, f * s.beta)
+    return einsum("bdk,bk->bd", s.V, f * s.beta)
 
 
 def _eigen_loss(w_hat_eig: Array, w_eig: Array) -> Array:
@@ -141,8 +142,8 @@ def gd(x: Array, y: Array, steps: int, step_size) -> Array:
 @partial(jax.jit, static_argnames="iterations")
 def _adarr_iterative(x, y, iterations):
     n, d = x.shape[1:]
-    Sigma = jnp.einsum("bnd,bne->bde", x, x)
-    alpha = jnp.einsum("bnd,bn->bd", x, y)
+    Sigma = einsum("bnd,bne->bde", x, x)
+    alpha = einsum("bnd,bn->bd", x, y)
     # Max absolute row sum bounds the top eigenvalue without any factorisation.
     bound = jnp.max(jnp.sum(jnp.abs(Sigma), axis=-1), axis=-1)
 
@@ -150,13 +151,13 @@ def _adarr_iterative(x, y, iterations):
         eta = (1.0 / (bound + penalty))[:, None]
 
         def step(w, _):
-            grad = jnp.einsum("bde,be->bd", Sigma, w) + penalty[:, None] * w - alpha
+            grad = einsum("bde,be->bd", Sigma, w) + penalty[:, None] * w - alpha
             return w - eta * grad, None
 
         return jax.lax.scan(step, jnp.zeros_like(alpha), None, length=iterations)[0]
 
     w_ols = descend(jnp.zeros_like(bound))
-    resid = y - jnp.einsum("bnd,bd->bn", x, w_ols)
+    resid = y - einsum("bnd,bd->bn", x, w_ols)
     sigma2_hat = jnp.sum(resid**2, axis=-1) / (n - d)
     return descend(sigma2_hat)
 
@@ -208,7 +209,7 @@ def _mean_losses(thetas, filter_of, mu, beta, w_eig, aux):
 
 
 def _tune(s: Spectrum, w: Array, filter_of, aux, lo, hi, points, extra=()):
-    w_eig = jnp.einsum("bdk,bd->bk", s.V, w)
+    w_eig = einsum("bdk,bd->bk", s.V, w)
     loss = partial(_mean_losses, filter_of=filter_of, mu=s.mu, beta=s.beta, w_eig=w_eig, aux=aux)
     return _coarse_to_fine(loss, lo, hi, points, extra=extra)
 

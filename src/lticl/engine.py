@@ -37,6 +37,7 @@ from .inits import gd_init, init_params, precondition_init
 from .model import weights
 from .params import Params
 from .noise import as_noise
+from .products import einsum
 from .tasks import Tasks, data_key, draw_lengths, mixture_tasks, sigma_key, stratified_batch, stratum_bank
 from .theory import best_one_step_size
 
@@ -224,7 +225,7 @@ def _loss_of_w(config: TrainConfig, t, weight: Array) -> Callable[[Array], Array
     """The batch's mean loss as a function of the models' w^L (B, d)."""
     if config.objective == "query_averaged":
         return lambda w: jnp.mean(weight * sequence_loss(w, t.w))
-    return lambda w: 0.5 * jnp.mean(weight * (jnp.einsum("bd,bd->b", w, t.x_query) - t.y_query) ** 2)
+    return lambda w: 0.5 * jnp.mean(weight * (einsum("bd,bd->b", w, t.x_query) - t.y_query) ** 2)
 
 
 def objective(config: TrainConfig) -> Callable[..., Array]:

@@ -23,6 +23,7 @@ from .params import OMEGA_NAMES, Params, check_params, diag_matrix, full_matrice
 from .params import head_omegas as model_head_omegas
 from .noise import Fixed, as_noise
 from .paper import PAPER_N
+from .products import einsum
 from .tasks import positive_int, sample_tasks
 
 
@@ -84,7 +85,7 @@ def head_omegas(params: Params) -> np.ndarray:
 def truncated_predictions(params: Params, x: Array, y: Array, x_query: Array) -> Array:
     """(L, B): <w^l, x_query> for l = 1..L, the prediction of the model cut after layer l."""
     check_batch(x, y, x_query, params.d)
-    return jnp.einsum("lbd,bd->lb", implicit_state(params, x, y).w[1:], x_query)
+    return einsum("lbd,bd->lb", implicit_state(params, x, y).w[1:], x_query)
 
 
 @dataclass(frozen=True)
@@ -191,13 +192,13 @@ def _momentum_terms(params: Params, x: Array, y: Array) -> dict[str, Array]:
     M, u, a, w = st.M[:-1], st.u[:-1], st.a[:-1], st.w[:-1]
     Sigma, alpha, lam = G[0, :, :d, :d], G[0, :, :d, d], G[0, :, d, d]
     w_ols = baselines.ols(x, y)  # normal equations hold, so Σ_i r_i x_i = 0
-    rho = lam - jnp.einsum("bd,bd->b", alpha, w_ols)  # Σ_i r_i²
+    rho = lam - einsum("bd,bd->b", alpha, w_ols)  # Σ_i r_i²
     w_yx, w_yy = (o[:, None] for o in omegas(params).T[2:])  # (L, 1) each; ω_xx, ω_xy act through M and u
-    neg_grad = jnp.einsum("bde,lbe->lbd", Sigma, a[..., None] * w_ols - w)  # −∇f(w^l)
-    MtM = jnp.einsum("lbji,lbjk->lbik", M, M)
-    carried = jnp.einsum("bd,lbd->lb", w_ols, neg_grad) + a * rho
-    gradient = -w_yx[..., None] * jnp.einsum("lbij,lbj->lbi", MtM, neg_grad)
-    momentum = -(w_yx * carried)[..., None] * jnp.einsum("lbji,lbj->lbi", M, u)
+    neg_grad = einsum("bde,lbe->lbd", Sigma, a[..., None] * w_ols - w)  # −∇f(w^l)
+    MtM = einsum("lbji,lbjk->lbik", M, M)
+    carried = einsum("bd,lbd->lb", w_ols, neg_grad) + a * rho
+    gradient = -w_yx[..., None] * einsum("lbij,lbj->lbi", MtM, neg_grad)
+    momentum = -(w_yx * carried)[..., None] * einsum("lbji,lbj->lbi", M, u)
     norm = partial(jnp.linalg.norm, axis=-1)
     return {
         "gradient": gradient,
@@ -205,9 +206,9 @@ def _momentum_terms(params: Params, x: Array, y: Array) -> dict[str, Array]:
         "rescale": (w_yy * G[:, :, d, d])[..., None] * w,
         "delta": st.w[1:] - w,
         "alpha": G[:, :, :d, d],
-        "alpha_identity": jnp.einsum("lbij,lbj->lbi", M + u[..., None] * w_ols[None, :, None, :], neg_grad)
+        "alpha_identity": einsum("lbij,lbj->lbi", M + u[..., None] * w_ols[None, :, None, :], neg_grad)
         + (a * rho)[..., None] * u,
-        "effective_step": jnp.einsum("lbd,lbd->lb", gradient + momentum, neg_grad) / jnp.sum(neg_grad**2, -1),
+        "effective_step": einsum("lbd,lbd->lb", gradient + momentum, neg_grad) / jnp.sum(neg_grad**2, -1),
         "step": -w_yx * jnp.trace(MtM, axis1=-2, axis2=-1) / d,
         "rescaling": 1 + w_yy * G[:, :, d, d],
         "momentum_ratio": norm(momentum) / norm(gradient),

@@ -24,6 +24,7 @@ from jax import Array
 
 from .model import context
 from .params import Params, full_matrices
+from .products import einsum, matmul
 
 
 class _Ops:
@@ -69,8 +70,8 @@ def _mixer(params: Params, o: _Ops):
             dP, dQ, dG = [], [], 0.0
             for h in range(P.shape[0]):
                 R, St = o.right(dK, Q[h].T), o.right(_t(dK), P[h])  # dK Qᵀ and (Pᵀ dK)ᵀ
-                dP.append(jnp.einsum("imb,jmb->ij", R, G))  # Σ_b dK Qᵀ G  (G symmetric)
-                dQ.append(jnp.einsum("mjb,kjb->mk", St, G).T)  # Σ_b G Pᵀ dK
+                dP.append(einsum("imb,jmb->ij", R, G))  # Σ_b dK Qᵀ G  (G symmetric)
+                dQ.append(einsum("mjb,kjb->mk", St, G).T)  # Σ_b G Pᵀ dK
                 dG = dG + o.left(P[h].T, R)
             return (jnp.stack(dP), jnp.stack(dQ)), dG
 
@@ -79,11 +80,11 @@ def _mixer(params: Params, o: _Ops):
     # DIAG and GD++: Σ_k P_k G Q_k = M ⊙ G with one (D, D) mask per layer.
     def mask(prm):
         P, Q = full_matrices(prm)
-        return jnp.einsum("lhii,lhjj->lij", P, Q)
+        return einsum("lhii,lhjj->lij", P, Q)
 
     def adjoint(m, G, dK):  # Σ_b dK ⊙ G as a matrix-vector product, which XLA does well
         lanes = G.shape[-1]
-        return ((dK * G).reshape(-1, lanes) @ jnp.ones(lanes, G.dtype)).reshape(m.shape), m[:, :, None] * dK
+        return matmul((dK * G).reshape(-1, lanes), jnp.ones(lanes, G.dtype)).reshape(m.shape), m[:, :, None] * dK
 
     masks, to_params = jax.vjp(mask, params)
     return masks, lambda m, G: m[:, :, None] * G, adjoint, lambda d: to_params(d)[0]
@@ -97,7 +98,7 @@ def value_and_grad(params: Params, x: Array, y: Array, loss_of_w: Callable[[Arra
     B, _, d = x.shape
     x, y = context(params, x, y, lengths)
     e = jnp.transpose(jnp.concatenate([x, y[..., None]], axis=-1), (2, 1, 0))  # (D, n, B)
-    G0 = jnp.einsum("inb,jnb->ijb", e, e)
+    G0 = einsum("inb,jnb->ijb", e, e)
     o = _Ops(jnp.sign(jnp.abs(G0) + 1))  # ones (inf included) that XLA cannot fold, not a broadcast
     theta, mix, adjoint, as_params = _mixer(params, o)
     eye = jnp.eye(d + 1, dtype=x.dtype)[:, :, None]

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 from jax import Array
 
 from .params import Params, check_params, full_matrices, omegas
+from .products import einsum, matmul
 
 FORMS = ("tokens", "gram", "omega")
 
@@ -50,12 +51,12 @@ def _tokens(x: Array, y: Array, x_query: Array) -> Array:
 def gram(x: Array, y: Array) -> Array:
     """G⁰ = Σ_i e_i e_iᵀ over the context tokens: (B, D, D)."""
     e = jnp.concatenate([x, y[..., None]], axis=-1)
-    return jnp.einsum("bnd,bne->bde", e, e)
+    return einsum("bnd,bne->bde", e, e)
 
 
 def _mix(P: Array, Q: Array, G: Array) -> Array:
     """Σ_k P_k G Q_k for one layer: P, Q (H, D, D), G (B, D, D) -> (B, D, D)."""
-    return jnp.einsum("hij,bjk,hkm->bim", P, G, Q)
+    return einsum("hij,bjk,hkm->bim", P, G, Q)
 
 
 def _layer_mixers(params: Params):
@@ -64,7 +65,7 @@ def _layer_mixers(params: Params):
     if params.variant == "full":
         return full_matrices(params), lambda PQ, G: _mix(*PQ, G)
     P, Q = full_matrices(params)
-    mask = jnp.einsum("lhii,lhjj->lij", P, Q)
+    mask = einsum("lhii,lhjj->lij", P, Q)
     return mask, lambda mask, G: mask * G
 
 
@@ -74,10 +75,10 @@ def _forward_tokens(params: Params, x, y, x_query) -> Array:
     def layer(e, PQ):
         P, Q = PQ
         ctx = e[:, :n]
-        queries = jnp.einsum("hde,bie->bhid", Q, e)  # Q_k e_i
-        scores = jnp.einsum("bjd,bhid->bhji", ctx, queries)  # e_jᵀ Q_k e_i
-        values = jnp.einsum("hde,bje->bhjd", P, ctx)  # P_k e_j
-        return e + jnp.einsum("bhji,bhjd->bid", scores, values), None
+        queries = einsum("hde,bie->bhid", Q, e)  # Q_k e_i
+        scores = einsum("bjd,bhid->bhji", ctx, queries)  # e_jᵀ Q_k e_i
+        values = einsum("hde,bje->bhjd", P, ctx)  # P_k e_j
+        return e + einsum("bhji,bhjd->bid", scores, values), None
 
     e, _ = jax.lax.scan(layer, _tokens(x, y, x_query), full_matrices(params))
     return -e[:, -1, -1]
@@ -93,7 +94,7 @@ def layer_grams(params: Params, G0: Array) -> tuple[Array, Array]:
     def layer(G, theta):
         K = mix(theta, G)
         T = eye + K
-        return T @ G @ jnp.swapaxes(T, -1, -2), (G, K)
+        return matmul(matmul(T, G), jnp.swapaxes(T, -1, -2)), (G, K)
 
     _, GK = jax.lax.scan(layer, G0, per_layer)
     return GK
@@ -110,13 +111,13 @@ def _final_weights(params: Params, x, y) -> Array:
     d = params.d
     K = layer_mixes(params, gram(x, y))
     row = jnp.zeros((x.shape[0], d + 1), x.dtype).at[:, d].set(1.0)
-    row, _ = jax.lax.scan(lambda r, K: (r + jnp.einsum("bi,bij->bj", r, K), None), row, K, reverse=True)
+    row, _ = jax.lax.scan(lambda r, K: (r + einsum("bi,bij->bj", r, K), None), row, K, reverse=True)
     return -row[:, :d]
 
 
 def _forward_gram(params: Params, x, y, x_query) -> Array:
     def layer(e, K):
-        return e + jnp.einsum("bij,bj->bi", K, e), None
+        return e + einsum("bij,bj->bi", K, e), None
 
     e0 = jnp.concatenate([x_query, jnp.zeros_like(x_query[:, :1])], axis=-1)
     e, _ = jax.lax.scan(layer, e0, layer_mixes(params, gram(x, y)))
@@ -130,11 +131,11 @@ def _forward_omega(params: Params, x, y, x_query) -> Array:
         X, Y = xy
         w_xx, w_xy, w_yx, w_yy = omega
         Xc, Yc = X[:, :n], Y[:, :n]
-        Sigma = jnp.einsum("bnd,bne->bde", Xc, Xc)
-        alpha = jnp.einsum("bnd,bn->bd", Xc, Yc)
-        lam = jnp.einsum("bn,bn->b", Yc, Yc)
-        X_new = X + w_xx * jnp.einsum("bde,bie->bid", Sigma, X) + w_xy * Y[..., None] * alpha[:, None]
-        Y_new = Y + w_yx * jnp.einsum("bd,bid->bi", alpha, X) + w_yy * lam[:, None] * Y
+        Sigma = einsum("bnd,bne->bde", Xc, Xc)
+        alpha = einsum("bnd,bn->bd", Xc, Yc)
+        lam = einsum("bn,bn->b", Yc, Yc)
+        X_new = X + w_xx * einsum("bde,bie->bid", Sigma, X) + w_xy * Y[..., None] * alpha[:, None]
+        Y_new = Y + w_yx * einsum("bd,bid->bi", alpha, X) + w_yy * lam[:, None] * Y
         return (X_new, Y_new), None
 
     X0 = jnp.concatenate([x, x_query[:, None]], axis=1)
@@ -165,10 +166,10 @@ def _implicit(params: Params, x, y) -> ImplicitState:
         A, b, c, delta = K[:, :d, :d], K[:, :d, d], K[:, d, :d], K[:, d, d]
         IA = jnp.eye(d, dtype=x.dtype) + A
         new = (
-            IA @ M - b[:, :, None] * w[:, None, :],
-            jnp.einsum("bij,bj->bi", IA, u) + a[:, None] * b,
-            (1 + delta) * a + jnp.einsum("bi,bi->b", c, u),
-            (1 + delta)[:, None] * w - jnp.einsum("bji,bj->bi", M, c),
+            matmul(IA, M) - b[:, :, None] * w[:, None, :],
+            einsum("bij,bj->bi", IA, u) + a[:, None] * b,
+            (1 + delta) * a + einsum("bi,bi->b", c, u),
+            (1 + delta)[:, None] * w - einsum("bji,bj->bi", M, c),
         )
         return new, new
 

@@ -21,6 +21,7 @@ import numpy as np
 from jax import Array
 
 from .noise import NoiseLike, as_noise
+from .products import einsum, matmul
 
 # Long evaluations are drawn in chunks of this many sequences, chunk c from
 # fold_in(key, c), so the first N sequences of a stream are the same whatever
@@ -111,11 +112,11 @@ def _tasks(key, sigma, n, d, w_scale, x_spike=None):
     x = normal(k["x"], (batch, n, d), dtype)
     if x_spike is not None:
         scale, u = x_spike
-        x = x + ((scale - 1)[:, None] * jnp.einsum("bnd,bd->bn", x, u))[:, :, None] * u[:, None, :]
+        x = x + ((scale - 1)[:, None] * einsum("bnd,bd->bn", x, u))[:, :, None] * u[:, None, :]
     xi = normal(k["xi"], (batch, n), dtype) * sigma[:, None]
-    y = jnp.einsum("bnd,bd->bn", x, w) + xi
+    y = einsum("bnd,bd->bn", x, w) + xi
     x_query = normal(k["query"], (batch, d), dtype)
-    return Tasks(x, y, w, sigma, x_query, jnp.einsum("bd,bd->b", x_query, w))
+    return Tasks(x, y, w, sigma, x_query, einsum("bd,bd->b", x_query, w))
 
 
 def _mixture_weight(log_ratio, alpha):
@@ -168,7 +169,7 @@ def mixture_tasks(key, sigma, n: int, d: int, wide=None, spike=None) -> tuple[Ta
     if spike is not None:
         # log q_u(X)/p(X) = −n·log(scale) + ½‖Xu‖²(1 − 1/scale²), averaged over the basis
         beta = (spiked / batch).astype(dtype)
-        projected = jnp.sum(jnp.einsum("bnd,dk->bnk", t.x, basis) ** 2, axis=1)
+        projected = jnp.sum(einsum("bnd,dk->bnk", t.x, basis) ** 2, axis=1)
         log_ratio = -n * jnp.log(spike_scale) + 0.5 * projected * (1 - spike_scale**-2.0)
         mean_ratio = jax.scipy.special.logsumexp(log_ratio, axis=1) - jnp.log(d)
         weight = weight * jnp.where(beta > 0, _mixture_weight(mean_ratio, beta), 1)
@@ -203,14 +204,14 @@ def tail_score(tasks: Tasks) -> Array:
 
     λ_max is the Rayleigh quotient of G²⁵⁶·1 (eight squarings, far cheaper than
     eigvalsh on a CPU): a score, not an eigenvalue to many digits."""
-    g = jnp.einsum("bni,bnj->bij", tasks.x, tasks.x) / tasks.n
+    g = einsum("bni,bnj->bij", tasks.x, tasks.x) / tasks.n
     power = g
     for _ in range(8):
-        power = power @ power
+        power = matmul(power, power)
         power = power / jnp.max(jnp.abs(power), axis=(1, 2), keepdims=True)
     v = jnp.sum(power, axis=2)
     v = v / jnp.linalg.norm(v, axis=1, keepdims=True)
-    return jnp.mean(tasks.y**2, axis=1) * jnp.einsum("bi,bij,bj->b", v, g, v)
+    return jnp.mean(tasks.y**2, axis=1) * einsum("bi,bij,bj->b", v, g, v)
 
 
 @jax.jit

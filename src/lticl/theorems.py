@@ -19,6 +19,7 @@ from .model import implicit_state, weights
 from .noise import Fixed, as_noise
 from .paper import PAPER_D, PAPER_N
 from .params import OMEGA_NAMES, Params, check_params
+from .products import einsum
 from .tasks import normal, positive_int, sample_tasks
 from .theory import below_bound, linear_bound
 
@@ -59,11 +60,11 @@ def quadratic_feature_cosines(params: Params, x, y) -> tuple[np.ndarray, np.ndar
     cosine any vector X c reaches. On noiseless data y^l = X (a^l w − w^l) is such a
     vector, whatever the parameters: the mechanism of Thm 4.2."""
     st = implicit_state(params, x, y)
-    out = st.a[..., None] * y[None] - jnp.einsum("lbd,bnd->lbn", st.w, x)  # y_i^l
+    out = st.a[..., None] * y[None] - einsum("lbd,bnd->lbn", st.w, x)  # y_i^l
     q = x[..., 0] ** 2
-    cos = jnp.einsum("lbn,bn->lb", out, q) / (jnp.linalg.norm(out, axis=-1) * jnp.linalg.norm(q, axis=-1))
-    coef = jnp.linalg.solve(jnp.einsum("bni,bnj->bij", x, x), jnp.einsum("bni,bn->bi", x, q)[..., None])
-    bound = jnp.linalg.norm(jnp.einsum("bni,bi->bn", x, coef[..., 0]), axis=-1) / jnp.linalg.norm(q, axis=-1)
+    cos = einsum("lbn,bn->lb", out, q) / (jnp.linalg.norm(out, axis=-1) * jnp.linalg.norm(q, axis=-1))
+    coef = jnp.linalg.solve(einsum("bni,bnj->bij", x, x), einsum("bni,bn->bi", x, q)[..., None])
+    bound = jnp.linalg.norm(einsum("bni,bi->bn", x, coef[..., 0]), axis=-1) / jnp.linalg.norm(q, axis=-1)
     return np.asarray(cos), np.asarray(bound)
 
 
@@ -92,7 +93,7 @@ def thm42(models: dict[str, Params] | None = None, n: int = 5000, d: int = PAPER
         models = default_thm42_models(d, n_train, seed) if models is None else models
         t = sample_tasks(jax.random.key(seed + 1), Fixed(0.0), sequences, n, d, jnp.float64)
         x = t.x * (n_train / n) ** 0.5
-        y = jnp.einsum("bnd,bd->bn", x, t.w)
+        y = einsum("bnd,bd->bn", x, t.w)
         rows = []
         for name, params in models.items():
             if params.d != d:
@@ -209,10 +210,10 @@ def thm52(sigmas=(1.0, 3.0), ns=(10, 100, 1000, 10_000, 100_000), d: int = 5, se
                 t = sample_tasks(jax.random.fold_in(jax.random.key(seed), 100 * i + j), Fixed(float(sigma)), sequences, n, d,
                                  jnp.float64)
                 x = t.x / n**0.5  # x_i ~ N(0, I/n); the noise ξ_i = y_i − <w, x_i> keeps its σ
-                y = t.y + jnp.einsum("bnd,bd->bn", x - t.x, t.w)
+                y = t.y + einsum("bnd,bd->bn", x - t.x, t.w)
                 ridge = baselines.ridge(x, y, float(sigma) ** 2)
                 w2 = weights(params, x, y)
-                gd_step = -w_yx * jnp.einsum("bnd,bn->bd", x, y)
+                gd_step = -w_yx * einsum("bnd,bn->bd", x, y)
                 rel = lambda v: float(jnp.mean(jnp.sum((v - ridge) ** 2, -1) / jnp.sum(ridge**2, -1)))
                 rows.append({"n": n, "sigma": float(sigma), "omega_yx": w_yx, "omega_yy": w_yy,
                              "model_vs_ridge": rel(w2), "one_gd_step_vs_ridge": rel(gd_step)})
@@ -239,9 +240,9 @@ def sec53(omega_xy: float = -5e-4, omega_yx: float = -1 / 31, sigmas=(0.0, 1.0, 
         for i, sigma in enumerate(sigmas):
             t = sample_tasks(jax.random.fold_in(jax.random.key(seed), i), Fixed(float(sigma)), sequences, n, d, jnp.float64)
             w2 = weights(params, t.x, t.y)
-            alpha = jnp.einsum("bnd,bn->bd", t.x, t.y)
+            alpha = einsum("bnd,bn->bd", t.x, t.y)
             lam = jnp.sum(t.y**2, -1)
-            rho = lam - jnp.einsum("bd,bd->b", alpha, baselines.ols(t.x, t.y))
+            rho = lam - einsum("bd,bd->b", alpha, baselines.ols(t.x, t.y))
             step = -omega_yx * (1 + omega_xy * lam)
             pred = step[:, None] * alpha
             loss = lambda v: float(jnp.mean(0.5 * jnp.sum((v - t.w) ** 2, -1)))

@@ -13,6 +13,7 @@ from .model import weights
 from .noise import Fixed, as_noise
 from .paper import PAPER_D, PAPER_N
 from .params import Params
+from .products import einsum, matmul
 from .tasks import normal, positive_int
 
 def _check(n, d, sigma2_mean) -> tuple[int, int, float]:
@@ -56,7 +57,7 @@ def linear_risk(F, x, sigma2_mean: float):
     w = F y over w ~ N(0, I) and noise with E[σ²] = sigma2_mean, for given inputs
     X (x: (B, n, d), F: (B, d, n)), without the query's own noise."""
     eye = jnp.eye(x.shape[-1], dtype=x.dtype)
-    return 0.5 * (jnp.sum((F @ x - eye) ** 2, (-2, -1)) + sigma2_mean * jnp.sum(F**2, (-2, -1)))
+    return 0.5 * (jnp.sum((matmul(F, x) - eye) ** 2, (-2, -1)) + sigma2_mean * jnp.sum(F**2, (-2, -1)))
 
 
 def linear_map(params: Params, x):
@@ -68,7 +69,7 @@ def linear_map(params: Params, x):
 def ridge_map(x, penalty: float):
     """F = (XᵀX + r I)⁻¹ Xᵀ per sequence."""
     eye = jnp.eye(x.shape[-1], dtype=x.dtype)
-    return jnp.linalg.solve(jnp.einsum("bnd,bne->bde", x, x) + penalty * eye, jnp.swapaxes(x, -1, -2))
+    return jnp.linalg.solve(einsum("bnd,bne->bde", x, x) + penalty * eye, jnp.swapaxes(x, -1, -2))
 
 
 def linear_bound(noise, n: int = PAPER_N, d: int = PAPER_D, sequences: int = 20_000, seed: int = 0) -> tuple[float, float]:
@@ -82,7 +83,7 @@ def linear_bound(noise, n: int = PAPER_N, d: int = PAPER_D, sequences: int = 20_
     s2 = noise.second_moment
     with jax.enable_x64(True):
         x = normal(jax.random.key(seed), (sequences, n, d), jnp.float64)
-        mu = jnp.linalg.eigvalsh(jnp.einsum("bnd,bne->bde", x, x))
+        mu = jnp.linalg.eigvalsh(einsum("bnd,bne->bde", x, x))
         adjusted = 0.5 * jnp.sum(Fixed(math.sqrt(s2)).shrinkage(mu) - noise.shrinkage(mu), -1)
         return float(jnp.mean(adjusted)), float(jnp.std(adjusted) / math.sqrt(sequences))
 
