@@ -1,7 +1,8 @@
 """Training throughput of the engine, fast path against the reference path, in one run.
 
-For each variant (FULL, DIAG, GD++), depth (1, 3, 7) and batch (512, 2048): two
-models (one per CPU core, spread as train_group spreads them) take `--steps` steps
+For each variant (FULL, DIAG, GD++), depth (1, 3, 7) and batch (512, 2048):
+`--models` models (default: one per local device, as train_group spreads them: one
+per CPU core; on a GPU, a group's models share the one device) take `--steps` steps
 on uniform:5 by
 
 - reference: the gradient by autodiff through model.weights (the engine before lticl.kernel),
@@ -13,6 +14,7 @@ paths counted with XLA's flop count of one reference step (the same useful work)
 against a float32 2048² matmul measured in the same run.
 
     python bench/train.py [--steps 10] [--variants full,diag,gdpp] [--layers 1,3,7] [--batches 512,2048]
+                          [--models K]
 """
 
 import argparse
@@ -22,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from lticl.config import TrainConfig
-from lticl.devices import spread, use_cpu_cores
+from lticl.devices import describe, spread, use_cpu_cores
 from lticl.engine import init_state, run_steps
 
 
@@ -56,10 +58,12 @@ def main():
     ap.add_argument("--variants", default="full,diag,gdpp")
     ap.add_argument("--layers", default="1,3,7")
     ap.add_argument("--batches", default="512,2048")
+    ap.add_argument("--models", type=int, default=0, help="models per compiled call (0: one per local device)")
     args = ap.parse_args()
     cores = use_cpu_cores()
+    models = args.models or cores
     peak = matmul_peak()
-    print(f"JAX {jax.__version__} on {jax.devices()[0].platform}, {cores} devices, {cores} models per call, "
+    print(f"JAX {jax.__version__} on {describe()}, {models} models per call, "
           f"{args.steps} steps per measurement; float32 matmul (2048²): {peak:.0f} GFLOP/s\n")
     print("| model | batch | reference seq/s | fast seq/s | fast / reference | reference GFLOP/s | fast GFLOP/s "
           "| fast % of matmul |")
@@ -67,9 +71,9 @@ def main():
     for variant in args.variants.split(","):
         for layers in map(int, args.layers.split(",")):
             for batch in map(int, args.batches.split(",")):
-                config = TrainConfig(variant, layers, "uniform:5", batch=batch, seeds=cores, steps=10_000)
-                state = spread(init_state(config), cores)
-                work = cores * args.steps * batch
+                config = TrainConfig(variant, layers, "uniform:5", batch=batch, seeds=models, steps=10_000)
+                state = spread(init_state(config), models)
+                work = models * args.steps * batch
                 rate = {r: work / timed(lambda: run_steps(config, state, args.steps, r)[1]) for r in (True, False)}
                 flops = step_flops(config, state) / batch  # per sequence
                 ref, fast = rate[True], rate[False]
