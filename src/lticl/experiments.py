@@ -75,8 +75,8 @@ BUDGETS: dict[str, Budget] = {
         # DIAG's preconditioned models end in a big GD step; a layer grown above it stays idle.
         regrown=((("diag",), range(3, MAX_LAYERS + 1), dict(grow_below=True)),)),
     # For one GPU: the paper's batch, the laptop recipe's schedule and starts, ten
-    # times its sequences per model in 2,048-sequence steps, two seeds. Defined, not
-    # yet measured on a device (docs/training.md).
+    # times its sequences per model in 2,048-sequence steps, two seeds; one group of
+    # it measured on a device so far (docs/training.md).
     "gpu": Budget(
         dict(steps=10_000, batch=2048, seeds=2, chunk=500),
         overrides=(*PRECONDITIONED, SCREENED), profile_sequences=100_000),

@@ -56,7 +56,7 @@ class Format(str, Enum):
 
 FormatOption = Annotated[Format, typer.Option("--format", help="table for people, json for machines.")]
 BudgetOption = Annotated[Budget, typer.Option(
-    help="smoke (CI, minutes), laptop (the measured recipe, 2 CPU cores), gpu (one GPU; not yet measured), paper (the paper's).")]
+    help="smoke (CI, minutes), laptop (the measured recipe, 2 CPU cores), gpu (one GPU; one group measured), paper (the paper's).")]
 N_OPTION = Annotated[int, typer.Option("--n", min=1, help="Context points per sequence.")]
 D_OPTION = Annotated[int, typer.Option("--d", min=1, help="Input dimension.")]
 
