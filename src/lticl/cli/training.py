@@ -158,18 +158,18 @@ def train(
     budget: BudgetOption = Budget.laptop,
     heads: Annotated[int, typer.Option(min=1, help="Heads per layer.")] = 1,
     noise: Annotated[str, typer.Option(help="Training noise, e.g. uniform:5, categorical:1,3.")] = "uniform:5",
-    seeds: Annotated[Optional[int], typer.Option(min=1, help="Seeds trained in parallel; the best on validation data is kept. [budget]")] = None,
+    seeds: Annotated[Optional[int], typer.Option(min=1, help="Seeds trained in parallel; the best on validation data is kept. Default: the budget's.")] = None,
     seed: Annotated[int, typer.Option(help="Base seed of initialisation and data.")] = 0,
-    steps: Annotated[Optional[int], typer.Option(min=1, help="[budget]")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (warmup, then cosine decay). [budget]")] = None,
-    batch: Annotated[Optional[int], typer.Option(min=1, help="Sequences per step. [budget]")] = None,
-    objective: Annotated[Optional[str], typer.Option(help="query_averaged (exact) or sampled_query (the paper's). [budget]")] = None,
-    init: Annotated[Optional[str], typer.Option(help="gd, precondition (preconditioning layers, then the big GD step) or random. [budget]")] = None,
+    steps: Annotated[Optional[int], typer.Option(min=1, help="Training steps. Default: the budget's.")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (warmup, then cosine decay). Default: the budget's.")] = None,
+    batch: Annotated[Optional[int], typer.Option(min=1, help="Sequences per step. Default: the budget's.")] = None,
+    objective: Annotated[Optional[str], typer.Option(help="query_averaged (exact) or sampled_query (the paper's). Default: the budget's.")] = None,
+    init: Annotated[Optional[str], typer.Option(help="gd, precondition (preconditioning layers, then the big GD step) or random. Default: the budget's.")] = None,
     n: Annotated[str, typer.Option("--n", help="Context points per sequence, or a range a..b to train on "
                                    "(each sequence's n drawn uniformly; evaluated at b).")] = str(PAPER_N),
     normalised: Annotated[bool, typer.Option(help="Attention normalised by the context length (G/n).")] = False,
     d: D_OPTION = PAPER_D,
-    sequences: Annotated[Optional[int], typer.Option(min=1, help="Evaluation sequences for the reported loss. [budget]")] = None,
+    sequences: Annotated[Optional[int], typer.Option(min=1, help="Evaluation sequences for the reported loss. Default: the budget's.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the checkpoint in --out (or reuse its finished result).")] = False,
     force: Annotated[bool, typer.Option(help="Start over: remove the run files already in --out first.")] = False,
 ) -> None:
@@ -208,9 +208,9 @@ def reproduce(
     out: Annotated[Path, typer.Option(help="Output directory (runs are kept in OUT/runs and reused).")],
     budget: BudgetOption = Budget.laptop,
     seed: Annotated[int, typer.Option(help="Base seed of every run.")] = 0,
-    seeds: Annotated[Optional[int], typer.Option(min=1, help="Seeds per model. [budget]")] = None,
-    steps: Annotated[Optional[int], typer.Option(min=1, help="Training steps per model. [budget]")] = None,
-    batch: Annotated[Optional[int], typer.Option(min=1, help="Sequences per training step. [budget]")] = None,
+    seeds: Annotated[Optional[int], typer.Option(min=1, help="Seeds per model. Default: the budget's.")] = None,
+    steps: Annotated[Optional[int], typer.Option(min=1, help="Training steps per model. Default: the budget's.")] = None,
+    batch: Annotated[Optional[int], typer.Option(min=1, help="Sequences per training step. Default: the budget's.")] = None,
     executor: Annotated[Executor, typer.Option(
         help="local: groups one after another here; ray: each group a Ray task (needs the ray extra of lticl)."
     )] = Executor.local,
@@ -257,7 +257,7 @@ def _wrote(written: list[Path], out: Path, started: float) -> None:
 
 @app.command()
 def sweep(
-    grid: Annotated[Path, typer.Argument(help="Grid file (TOML): budget, seed, [base] and [grid] of TrainConfig "
+    grid: Annotated[Path, typer.Argument(help="Grid file (TOML): budget, seed, \\[base] and \\[grid] of TrainConfig "
                                               "fields (docs/sweeps.md).")],
     out: Annotated[Path, typer.Option(help="Output directory (runs are kept in OUT/runs and reused).")],
     executor: Annotated[Executor, typer.Option(
