@@ -235,7 +235,8 @@ def tail_tasks(key: Array, noise: NoiseLike, pool: int, keep: int, n: int, d: in
     loss on them stands in for its worst loss on all `pool` sequences, at the cost of
     evaluating `keep`. Only sequences whose score bound (`_score_bound`) reaches the
     smallest score kept so far are scored: the same sequences, at a fraction of the
-    cost."""
+    cost. Scores are computed on arrays of varying sizes, so two nearly tied scores
+    may round into either order (docs/log/2026-12-04-profile.md)."""
     keep = min(positive_int(keep, "keep"), positive_int(pool, "pool"))
     best, scores = None, np.zeros(0, np.float64)
     for chunk in task_chunks(key, noise, pool, n, d, dtype):
