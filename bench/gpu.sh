@@ -1,6 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks behind BENCHMARKS.md's "One GPU" section, in one go (under 9 minutes
-# on one H200, compilation included):
+# The GPU checks behind BENCHMARKS.md's "One GPU" section, in one go:
 #   1. lticl installed in a fresh virtual environment;
 #   2. the tests of the forms, the kernel, training, resume and the smoke reproduction
 #      (tests/test_{model,kernel,train,runs,reproduce}.py, slow ones included), in the

@@ -3,10 +3,15 @@
 import importlib.util
 
 import jax
+import jax.numpy as jnp
 
-from lticl import devices
+import lticl
+from lticl import baselines, devices
+from lticl.config import TrainConfig
 from lticl.devices import MEMORY_SHARE, model_bytes, plan_calls
+from lticl.engine import init_state, run_steps
 from lticl.experiments import DEPTHS, SETTINGS, VARIANTS, budget_config
+from lticl.tasks import sample_tasks, tail_score
 
 GiB = 2**30
 
@@ -68,14 +73,6 @@ def test_every_product_asks_for_the_precision_of_its_inputs():
     GPU"): every product of a training step (both gradient paths, spiked batches),
     of each form of the model, of the data, the tail score, the baselines and the
     implicit regressor asks for the highest precision."""
-    import jax.numpy as jnp
-
-    import lticl
-    from lticl import baselines
-    from lticl.config import TrainConfig
-    from lticl.engine import init_state, run_steps
-    from lticl.tasks import sample_tasks, tail_score
-
     highest = (jax.lax.Precision.HIGHEST,) * 2
     t = sample_tasks(jax.random.key(0), "uniform:1", 8, 20, 10, jnp.float32)
     config = TrainConfig("full", 3, "uniform:1", batch=8, steps=4, spike_fraction=0.1)
