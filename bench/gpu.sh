@@ -31,18 +31,12 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c 'import sys, jax, optax; print("python", sys.version.split()[0], "jax", jax.__version__, "optax", optax.__version__, jax.devices())'
 
 stamp "install: a fresh virtual environment, lticl with --no-deps"
-python3 -m venv --without-pip "$work/venv" ||  # pip, too, comes from the image
-    { mkdir -p "$work/venv/bin" && ln -s "$(command -v python3)" "$work/venv/bin/python"; }
+python3 -m venv --without-pip "$work/venv" || exit  # pip, too, comes from the image
 image=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 venv=$("$work/venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 echo "$image" > "$venv/image-packages.pth"
 export PATH="$work/venv/bin:$PATH"
-if ! python -m pip install -q --no-deps --no-index --find-links .whl -e .; then
-    echo "pip install failed: lticl runs from src/ on PYTHONPATH"
-    export PYTHONPATH="$PWD/src"
-    printf '#!/bin/sh\nexec python -m lticl.cli "$@"\n' > "$work/venv/bin/lticl"
-    chmod +x "$work/venv/bin/lticl"
-fi
+python -m pip install -q --no-deps --no-index --find-links .whl -e . || exit
 python -c 'import lticl, shutil, sys; print("lticl from", lticl.__file__, "python", sys.executable, "command", shutil.which("lticl"))'
 
 stamp "tests, in the background"
