@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -50,11 +51,14 @@ def test_a_bad_grid_is_refused_before_any_training(change, match):
 
 
 def test_the_curve_says_what_the_engine_did():
-    """Steps fail (a low explode threshold) and a seed rolls back: the curve's skipped
-    steps and rollbacks are the engine's counts, and its learning rate of the next
-    step is the schedule at the optimiser's own count times the seed's scale."""
-    c = TrainConfig("full", 2, "uniform:2", d=3, n=8, batch=32, steps=301, chunk=301, seeds=2, explode=0.4,
-                    patience=3, lr=1e-2, warmup=5)
+    """Steps fail (an explode threshold at the median batch loss of the same run
+    without one) and seeds roll back: the curve's skipped steps and rollbacks are the
+    engine's counts, and its learning rate of the next step is the schedule at the
+    optimiser's own count times the seed's scale."""
+    c = TrainConfig("full", 2, "uniform:2", d=3, n=8, batch=32, steps=301, chunk=301, seeds=2, patience=3, lr=1e-2,
+                    warmup=5)
+    median = float(np.median(np.asarray(run_steps(c, init_state(c), 300)[1])))
+    c = replace(c, explode=median / (c.d / 2))
     before, first = run_steps(c, init_state(c), 300)
     _, last = run_steps(c, before, 1)
     cv = curve(c, np.concatenate([np.asarray(first), np.asarray(last)], axis=1))

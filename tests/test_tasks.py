@@ -90,15 +90,22 @@ def test_tail_score_is_mean_y2_times_top_eigenvalue():
 
 @pytest.mark.parametrize("keep", [50, 3000])
 def test_tail_tasks_are_the_top_scores_of_the_pool(keep):
-    """The same sequences, in the same order, as scoring every one of the pool and
-    sorting: the score bound lets no sequence of the top through unscored."""
+    """The sequences of the pool, in the order, that scoring every one and sorting
+    gives: the score bound lets no sequence of the top through unscored. Scores are
+    float32 and computed in chunks of other shapes, so two sequences whose scores are
+    equal to rounding may come in either order (and either may be the last kept)."""
     key, pool = data_key(0, "uniform:3", "tail"), 2 * CHUNK + 100
     everything = stack_chunks(task_chunks(key, "uniform:3", pool, 20, 10))
     scores = np.asarray(tail_score(everything))
     order = np.argsort(-scores, kind="stable")[:keep]
     top = tail_tasks(key, "uniform:3", pool, keep, 20, 10)
-    np.testing.assert_allclose(np.asarray(tail_score(top)), scores[order], rtol=1e-6)  # float32
-    np.testing.assert_array_equal(np.asarray(top.x), np.asarray(everything.x)[order])
+    row = {np.asarray(x).tobytes(): i for i, x in enumerate(np.asarray(everything.x))}
+    kept = np.array([row[np.asarray(x).tobytes()] for x in np.asarray(top.x)])  # each a sequence of the pool
+    assert len(set(kept)) == keep
+    np.testing.assert_allclose(scores[kept], scores[order], rtol=1e-6)  # the same scores, place by place
+    np.testing.assert_allclose(np.asarray(tail_score(top)), scores[order], rtol=1e-6)
+    swapped = kept != order
+    assert swapped.mean() < 0.01  # near-ties are rare: almost every place holds the sorted pool's sequence
     assert tail_tasks(key, "uniform:3", 30, 50, 20, 10).batch == 30  # never more than the pool
 
 

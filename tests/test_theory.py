@@ -82,8 +82,10 @@ def test_thm51_layers_grow_like_log_kappa_plus_log_log_inverse_epsilon():
             # 10× the condition number costs about log 10 / log(9/4) ≈ 2.8 more layers
             assert 1 <= layers[(k1, e)] - layers[(k0, e)] <= 4, (e, k0, k1)
     for r in rows:
-        # the model's measured error is the construction's closed-form bound
-        assert r["error"] == pytest.approx(r["bound"], rel=0.1, abs=1e-11), r
+        # the construction's closed form, the largest residual factor of the final
+        # spectrum, bounds the model's measured error (to float64's floor), and is
+        # tight: a w drawn at random meets the extreme eigenvectors
+        assert 0.5 * r["bound"] - 1e-11 <= r["error"] <= r["bound"] * (1 + 1e-6) + 1e-11, r
         assert r["gd_steps"] > r["layers"]
     big = [r for r in rows if r["kappa"] == max(kappas) and r["epsilon"] == min(epsilons)][0]
     assert big["gd_steps"] > 1000 * big["layers"]

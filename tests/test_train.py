@@ -189,7 +189,7 @@ def test_a_screen_finds_the_blow_up_that_the_data_score_misses():
     """A FULL-6 model from the laptop budget's first run on categorical:1,3 (at 7747207,
     tests/data) blows up on a few in 100,000 sequences, which no score of the data
     alone ranks high: its tail set of 100,000 fresh sequences is tame, its own worst
-    of the same 100,000 is not, by three orders of magnitude and more, and a screened
+    of the same 100,000 is not, by two orders of magnitude and more, and a screened
     tail set holds both."""
     from lticl.io import load_npz
     from lticl.selection import tail_evaluations
@@ -200,7 +200,7 @@ def test_a_screen_finds_the_blow_up_that_the_data_score_misses():
     screened, = tail_evaluations(models, 0, "categorical:1,3", pool, 20, pool)
     assert not heavy_tailed(plain, 10) and heavy_tailed(screened, 10)
     assert (plain.sequences, screened.sequences) == (TAIL_KEEP, 2 * TAIL_KEEP)
-    assert screened.worst > 1000 * plain.worst
+    assert screened.worst > 100 * plain.worst
 
 
 def test_evaluating_models_on_the_oracle_computed_once_equals_computing_both_per_chunk():
