@@ -30,7 +30,8 @@ def main() -> None:
           f"{len(within['A'] & within['B'])}; either: {len(within['A'] | within['B'])}")
     label = lambda r: "within" if r["within"] == "True" else (r["kind"] or "miss")
     for k in sorted(within["A"] ^ within["B"]):
-        print(f"  {k[0]}{'-' + k[1] if k[1] else ''} {k[2]:18s} paper {float(a[k]['paper']):<8.4g} A {float(a[k]['ours']):<8.4g} "
+        name = f"{k[0]}-{k[1]}" if k[1] else k[0]
+        print(f"  {name} {k[2]:18s} paper {float(a[k]['paper']):<8.4g} A {float(a[k]['ours']):<8.4g} "
               f"({label(a[k])})  B {float(b[k]['ours']):<8.4g} ({label(b[k])})")
 
 

@@ -52,8 +52,8 @@ def test_the_stratified_objective_is_unbiased_for_the_one_layer_loss():
     state = init_state(strat)
     data = jax.tree.map(lambda a: a[0], batch_data(state))
     t, weight, _ = training_batch(strat, jax.random.key(1), *data)
-    scores, rest = np.asarray(tail_score(t)), np.asarray(weight)[round(0.25 * strat.batch):]
     m = round(0.25 * strat.batch)
+    scores, rest = np.asarray(tail_score(t)), np.asarray(weight)[m:]
     threshold = float(data[-1][2])
     assert (scores[:m] >= threshold * (1 - 1e-5)).all()
     np.testing.assert_array_equal(rest > 0, scores[m:] < threshold)
