@@ -3,10 +3,11 @@ is signal, and where its noise comes from.
 
     python bench/gradnoise.py OUT full:7:uniform:6 diag:7:uniform:6
     python bench/gradnoise.py OUT full:7:uniform:6 --sequences 131072 --batch 512
+    python bench/gradnoise.py OUT full:7:uniform:6 --seed 1   # OUT made with --seed 1
 
-OUT is a directory `lticl reproduce table1` finished; each cell's chosen model is
-read back from it (nothing trains). On `--sequences` fresh sequences (key 20261204)
-it computes every sequence's gradient of the loss the training step minimises
+OUT is a directory `lticl reproduce table1 --budget laptop [--seed S]` finished (pass
+the same `--seed`); each cell's chosen model is read back from it (nothing trains). On
+`--sequences` fresh sequences (key 20261204) it computes every sequence's gradient of the loss the training step minimises
 (½‖w^L − w‖², the exact query average) and prints, per cell:
 
 - `|E g|²`: the squared norm of the expected gradient, estimated without bias
@@ -44,6 +45,7 @@ def main() -> None:
     parser.add_argument("cells", nargs="+", type=cell, help="VARIANT:LAYERS:NOISE, e.g. full:7:uniform:6")
     parser.add_argument("--sequences", type=int, default=65536)
     parser.add_argument("--batch", type=int, default=512)
+    parser.add_argument("--seed", type=int, default=0, help="the reproduction's --seed")
     args = parser.parse_args()
     if args.sequences % CHUNK:
         parser.error(f"--sequences must be a multiple of {CHUNK}")
@@ -53,7 +55,7 @@ def main() -> None:
     from lticl.reproduce import Reproduction
     from lticl.tasks import sample_tasks, tail_score
 
-    rep = Reproduction(args.out, "laptop")
+    rep = Reproduction(args.out, "laptop", seed=args.seed)
     rep.train(set(args.cells))  # reads the finished runs back
     one = lambda p, x, y, w: sequence_loss(weights(p, x[None], y[None]), w[None])[0]
     per_sequence = jax.jit(jax.vmap(jax.grad(one), in_axes=(None, 0, 0, 0)))
