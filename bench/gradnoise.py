@@ -7,8 +7,9 @@ is signal, and where its noise comes from.
 
 OUT is a directory `lticl reproduce table1 --budget laptop [--seed S]` finished (pass
 the same `--seed`); each cell's chosen model is read back from it (nothing trains). On
-`--sequences` fresh sequences (key 20261204) it computes every sequence's gradient of the loss the training step minimises
-(½‖w^L − w‖², the exact query average) and prints, per cell:
+`--sequences` fresh sequences (key 20261204) it computes every sequence's gradient of
+the loss the training step minimises (½‖w^L − w‖², the exact query average) and
+prints, per cell:
 
 - `|E g|²`: the squared norm of the expected gradient, estimated without bias
   (‖mean‖² − tr Σ / N);
