@@ -16,7 +16,7 @@ from conftest import assert_one_line_error, run_cli
 from lticl.config import TrainConfig
 from lticl.curves import curve, read_curve, write_curve
 from lticl.engine import init_state, run_steps, schedule
-from lticl.experiments import budget_fields
+from lticl.experiments import budget_config, budget_fields, matching
 from lticl.sweep import parse_grid
 
 GRID = {"budget": "smoke", "seed": 3, "base": {"d": 3, "n": 8, "steps": 20, "batch": 64, "chunk": 10},
@@ -31,6 +31,21 @@ def test_a_grid_is_the_product_of_its_axes_over_the_budget():
     c = configs[("diag", 2, "uniform:3")]
     assert (c.variant, c.layers, c.noise, c.seed, c.d, c.steps) == ("diag", 2, "uniform:3", 3, 3, 20)
     assert c.validation_sequences == budget_fields("smoke", "diag", 2)["validation_sequences"]  # the budget's
+
+
+def test_an_override_that_names_settings_applies_on_those_settings_only():
+    entries = ((("gdpp",), range(4, 7), dict(spike_fraction=0.1), ("uniform:0",)),
+               (("gdpp",), range(1, 8), dict(steps=7)))
+    assert matching(entries, "gdpp", 4, noise="uniform:0.0") == dict(spike_fraction=0.1, steps=7)  # canonical
+    assert matching(entries, "gdpp", 4, noise="uniform:1") == dict(steps=7)
+    assert matching(entries, "gdpp", 4) == dict(steps=7)  # no setting: only the entries naming none
+    assert matching(entries, "gdpp", 7, noise="uniform:0") == dict(steps=7)
+    # The laptop budget spikes some noiseless runs only; a grid's run of the same cell gets what a
+    # reproduction's gets, its noise passed by keyword.
+    laptop = {s: budget_config("laptop", "diag", 5, s) for s in ("uniform:0", "uniform:4")}
+    assert laptop["uniform:0"].spike_fraction > 0 and laptop["uniform:4"].spike_fraction == 0
+    grid = parse_grid({"budget": "laptop", "grid": {"variant": ["diag"], "layers": [5], "noise": list(laptop)}})
+    assert {k[2]: c for k, c in grid.configs().items()} == laptop
 
 
 @pytest.mark.parametrize("change, match", [

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .config import TrainConfig
+from .noise import as_noise
 from .params import MAX_LAYERS, VARIANTS, canonical_variant
 from .paper import paper_settings
 
@@ -19,7 +20,9 @@ class Budget:
     overrides, and the sizes of the reproduction's profiles."""
 
     train: dict  # TrainConfig fields
-    overrides: tuple = ()  # (variants, depths, fields), applied in order where both match
+    # (variants, depths, fields) or (variants, depths, fields, settings), applied in
+    # order where all match (`matching`)
+    overrides: tuple = ()
     profile_sequences: int = 10_000  # fresh sequences per point of a σ or layer profile
     profile_points: int = 17  # σ values of a per-variance profile
     # (variants, depths, fields) for the runs that continue a cell whose chosen model
@@ -45,6 +48,15 @@ PRECONDITIONED = ((("gdpp",), range(1, 8), dict(init="precondition")),
 # (tasks.mixture_tasks), each weighted so that the loss stays unbiased.
 STRATIFIED = dict(stratum=1024, stratum_fraction=0.1, spike_fraction=0.1)
 
+# At low noise the preconditioned models of 4–6 layers fit a polynomial in XᵀX/n that
+# blows up just past the largest λ_max(XᵀX/n) they met. A milder spike than
+# STRATIFIED's (I + 1.25·uuᵀ, not I + 3·uuᵀ, whose λ_max of 8–12 rolls deep models
+# back) shows them that edge: 4–5 layers up to uniform:3, 6 layers on noiseless data
+# only, where they stay stable on it (docs/log/2026-12-04-edge.md).
+EDGE_SPIKE = dict(spike_fraction=0.1, spike_scale=1.5)
+EDGE = ((("gdpp", "diag"), (4, 5), EDGE_SPIKE, ("uniform:0", "uniform:1", "uniform:2", "uniform:3")),
+        (("gdpp", "diag"), (6,), EDGE_SPIKE, ("uniform:0",)))
+
 # FULL is not rotation-equivariant: it can blow up along a direction of its own that
 # the tail set, ranked by a score of the data alone, misses. Each FULL seed's tail set
 # also holds its own worst 1,024 of the first 200,000 fresh sequences
@@ -61,7 +73,7 @@ BUDGETS: dict[str, Budget] = {
         # DIAG-7 needs more steps to reach the paper's uniform:5 number on fresh data.
         # The 3-layer models hold most heavy tails: theirs train stratified and spiked from the start.
         overrides=(*PRECONDITIONED, (("diag",), (7,), dict(steps=4000)), (("full", "diag", "gdpp"), (3,), STRATIFIED),
-                   SCREENED),
+                   *EDGE, SCREENED),
         # Deeper models' stratified retries break more often than they help (log/2026-12-03-tails.md).
         retry=((("full", "diag", "gdpp"), range(1, 5), STRATIFIED),),
         # The 3-layer models' continuations end in the polish: L-BFGS on a fixed sample of
@@ -94,25 +106,29 @@ def budget(name: str) -> Budget:
     return BUDGETS[name]
 
 
-def budget_fields(name: str, variant: str, layers: int) -> dict:
-    """The TrainConfig fields a budget gives one variant and depth."""
+def budget_fields(name: str, variant: str, layers: int, noise: str | None = None) -> dict:
+    """The TrainConfig fields a budget gives one variant and depth (and noise setting:
+    without one, only the overrides that name no settings apply)."""
     b = budget(name)
-    return matching(b.overrides, variant, layers, dict(b.train))
+    return matching(b.overrides, variant, layers, dict(b.train), noise)
 
 
-def matching(overrides: tuple, variant: str, layers: int, fields: dict | None = None) -> dict:
-    """`fields` with every (variants, depths, fields) of `overrides` that matches the
-    variant and depth applied over it, in order."""
+def matching(overrides: tuple, variant: str, layers: int, fields: dict | None = None,
+             noise: str | None = None) -> dict:
+    """`fields` with every entry of `overrides` that matches applied over it, in order:
+    (variants, depths, fields) matches the variant and depth, and (variants, depths,
+    fields, settings) also needs `noise` among the settings."""
     fields, variant = dict(fields or {}), canonical_variant(variant)
-    for variants, depths, extra in overrides:
-        if variant in variants and layers in depths:
+    noise = as_noise(noise).spec if noise is not None else None
+    for variants, depths, extra, *settings in overrides:
+        if variant in variants and layers in depths and (not settings or noise in settings[0]):
             fields |= extra
     return fields
 
 
 def budget_config(name: str, variant: str, layers: int, noise: str = "uniform:5", **overrides) -> TrainConfig:
     """The TrainConfig of a named budget; keyword overrides (None ignored) win."""
-    fields = budget_fields(name, variant, layers) | {k: v for k, v in overrides.items() if v is not None}
+    fields = budget_fields(name, variant, layers, noise) | {k: v for k, v in overrides.items() if v is not None}
     return TrainConfig(canonical_variant(variant), layers, noise, **fields)
 
 

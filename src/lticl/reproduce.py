@@ -50,8 +50,8 @@ class Reproduction(Sweep):
         """A heavy-tailed cell's new seeds, with the budget's `retry` fields for its
         variant and depth (the laptop's: stratified batches up to 4 layers, which show
         training the sequences that blow models up)."""
-        variant, layers, _ = key
-        return replace(super().retry(key), **matching(self.plan.retry, variant, layers))
+        variant, layers, noise = key
+        return replace(super().retry(key), **matching(self.plan.retry, variant, layers, noise=noise))
 
     def continuations(self, key) -> list[TrainConfig]:
         """A cell whose chosen model misses Table 1's rule on validation or its tail
@@ -67,7 +67,7 @@ class Reproduction(Sweep):
         shallower model grown as they say (the laptop's DIAG: below the last layer). A
         GD++ cell whose paper value lies below the bound is not continued, nor is a cell
         with no usable model to start from."""
-        fields = matching(self.plan.continuation, key[0], key[1])
+        fields = matching(self.plan.continuation, *key[:2], noise=key[2])
         m = self.metrics[key]
         if not fields:
             return []
@@ -81,7 +81,7 @@ class Reproduction(Sweep):
         tame = [k for k in [key] + candidates if k in self.metrics and not self.tailed(k)]
         lowest = [min(tame, key=mean)] if tame else []  # the first of equals: the cell's own model
         starts = [(k, fields) for k in lowest + ([key] if m["usable"] and key not in tame else [])]
-        regrown = matching(self.plan.regrown, variant, layers)
+        regrown = matching(self.plan.regrown, variant, layers, noise=noise)
         if regrown and candidates[0] in tame:
             starts.append((candidates[0], fields | regrown))
         runs = []
