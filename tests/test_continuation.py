@@ -25,7 +25,8 @@ from lticl.reproduce import Reproduction
 from lticl.rundir import MODEL, SEEDS, config_hash, continuation_start, load_seeds, run_name
 from lticl.runs import run
 from lticl.sweep import Sweep
-from lticl.table1 import gdpp_bound
+from lticl.selection import tail_limit
+from lticl.table1 import gdpp_bound, verdict
 
 TINY = dict(d=3, n=8, batch=64, steps=40, chunk=10, seeds=2, validation_sequences=500, evaluation_sequences=500,
             tail_sequences=2000)
@@ -155,6 +156,15 @@ def test_a_cell_continues_when_it_misses_on_validation_and_never_reads_its_evalu
     paper = paper_value("full", "uniform:4", 5)
     config = _cell(rep, key, paper * 0.99)
     assert rep.continuations(key) == []  # within on validation
+    # within, charged with its tail set's worst too, but that worst is above the tame limit:
+    # FULL's continuations end in the polish, so it continues from its own model; DIAG-5's do not
+    heavy = 2 * tail_limit(config.d)
+    assert verdict(paper * 0.99, paper, heavy, config.tail_sequences) == "within"
+    _cell(rep, key, paper * 0.99, tail_worst=heavy)
+    assert matching(BUDGETS["laptop"].continuation, *key[:2]).get("polish") and starts(key) == [run_name(config)]
+    _cell(rep, ("diag", 5, "uniform:4"), paper * 0.99, tail_worst=heavy)
+    assert not matching(BUDGETS["laptop"].continuation, "diag", 5).get("polish")
+    assert rep.continuations(("diag", 5, "uniform:4")) == []
     _cell(rep, key, paper * 1.2)
     more, = rep.continuations(key)
     assert more.continues == run_name(config) and more.first_seed == 1

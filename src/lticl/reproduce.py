@@ -56,7 +56,10 @@ class Reproduction(Sweep):
     def continuations(self, key) -> list[TrainConfig]:
         """A cell whose chosen model misses Table 1's rule on validation or its tail
         set (`table1.training_verdict`; the evaluation set is never read) trains on
-        with the budget's `continuation` fields for its variant and depth. It starts
+        with the budget's `continuation` fields for its variant and depth; so does a
+        cell within that rule whose chosen model has a heavy tail where those fields end
+        in the polish (the tail set's worst is a lower bound of the million's, and the
+        polish is what takes a tail down). It starts
         from the lowest on the same validation sequences of the tame ones among its own
         chosen model and its `candidates`, as they are after their own continuations:
         the same variant's one layer shallower, grown by a layer, and, for FULL, DIAG's
@@ -73,7 +76,7 @@ class Reproduction(Sweep):
             return []
         v = training_verdict(*key, m["validation"][m["seed"]], m["tail"][m["seed"]], self.configs[key].tail_sequences,
                              self.seed)
-        if v in ("within", "bound"):
+        if v == "bound" or (v == "within" and not (fields.get("polish") and self.tailed(key))):
             return []
         variant, layers, noise = key
         mean = lambda k: self.metrics[k]["validation"][self.metrics[k]["seed"]]["mean"]
