@@ -50,9 +50,9 @@ STRATIFIED = dict(stratum=1024, stratum_fraction=0.1, spike_fraction=0.1)
 
 # At low noise the preconditioned models of 4–6 layers fit a polynomial in XᵀX/n that
 # blows up just past the largest λ_max(XᵀX/n) they met. A milder spike than
-# STRATIFIED's (I + 1.25·uuᵀ, not I + 3·uuᵀ, whose λ_max of 8–12 rolls deep models
+# STRATIFIED's (I + 1.25·uuᵀ, not I + 3·uuᵀ, whose far larger λ_max rolls deep models
 # back) shows them that edge: 4–5 layers up to uniform:3, 6 layers on noiseless data
-# only, where they stay stable on it (docs/log/2026-12-04-edge.md).
+# only, where they stay stable on it (docs/training.md).
 EDGE_SPIKE = dict(spike_fraction=0.1, spike_scale=1.5)
 EDGE = ((("gdpp", "diag"), (4, 5), EDGE_SPIKE, ("uniform:0", "uniform:1", "uniform:2", "uniform:3")),
         (("gdpp", "diag"), (6,), EDGE_SPIKE, ("uniform:0",)))
