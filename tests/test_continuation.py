@@ -161,7 +161,8 @@ def test_a_cell_continues_when_it_misses_on_validation_and_never_reads_its_evalu
     heavy = 2 * tail_limit(config.d)
     assert verdict(paper * 0.99, paper, heavy, config.tail_sequences) == "within"
     _cell(rep, key, paper * 0.99, tail_worst=heavy)
-    assert matching(BUDGETS["laptop"].continuation, *key[:2]).get("polish") and starts(key) == [run_name(config)]
+    assert matching(BUDGETS["laptop"].continuation, *key[:2]).get("polish")
+    assert starts(key) == [run_name(config)]
     _cell(rep, ("diag", 5, "uniform:4"), paper * 0.99, tail_worst=heavy)
     assert not matching(BUDGETS["laptop"].continuation, "diag", 5).get("polish")
     assert rep.continuations(("diag", 5, "uniform:4")) == []

@@ -40,7 +40,7 @@ def test_an_override_that_names_settings_applies_on_those_settings_only():
     assert matching(entries, "gdpp", 4, noise="uniform:1") == dict(steps=7)
     assert matching(entries, "gdpp", 4) == dict(steps=7)  # no setting: only the entries naming none
     assert matching(entries, "gdpp", 7, noise="uniform:0") == dict(steps=7)
-    # The laptop budget spikes some noiseless runs only; a grid's run of the same cell gets what a
+    # The laptop budget spikes DIAG-5 at low noise only; a grid's run of the same cell gets what a
     # reproduction's gets, its noise passed by keyword.
     laptop = {s: budget_config("laptop", "diag", 5, s) for s in ("uniform:0", "uniform:4")}
     assert laptop["uniform:0"].spike_fraction > 0 and laptop["uniform:4"].spike_fraction == 0
