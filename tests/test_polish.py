@@ -187,3 +187,23 @@ def test_the_polish_by_a_models_own_loss_lowers_a_blown_up_model_and_leaves_a_ta
     assert after < 0.5 * before, (before, after)
     for a, b in zip(jax.tree.leaves(model(once, 1)), jax.tree.leaves(model(stacked, 1))):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_the_own_sample_ranks_a_non_finite_loss_highest_and_a_model_non_finite_everywhere_keeps_its_start():
+    # A GD step 10⁷ times the best overflows on almost every sequence, 10⁹ times on all:
+    # such models came out of long FULL runs that broke, and the polish raised on them.
+    config = TrainConfig("diag", 3, "uniform:5", **{**SMALL, "stratum": 0, "polish_pool": 4096}, polish=2,
+                         polish_score="own")
+    eta = best_one_step_size(config.n, config.d, as_noise(config.noise).second_moment)
+    gd = lambda step: gd_init(jax.random.key(0), "diag", 3, config.d, 1, step, 0.0, jnp.float32)
+    fresh = _fresh(config.seed, config.noise, config.polish_sequences, config.n, config.d)
+    losses = lambda p, t: np.asarray(model_losses(jax.tree.map(lambda a: a[None], p), t)[0])
+    finite = np.isfinite(losses(gd(1e7 * eta), fresh))
+    assert 0 < finite.sum() < 0.1 * fresh.batch  # the case: most, not all, non-finite
+    sample, weight = own_sample(config, gd(1e7 * eta), fresh)
+    assert sample.batch == TAIL_KEEP + finite.sum() and np.isfinite(losses(gd(1e7 * eta), sample)[TAIL_KEEP:]).all()
+    np.testing.assert_allclose(float(jnp.sum(weight)), 1.0, rtol=1e-5)
+    assert own_sample(config, gd(1e9 * eta), fresh) is None
+    stacked = jax.tree.map(lambda *a: jnp.stack(a), gd(1e9 * eta), gd(eta / 3))
+    for a, b in zip(jax.tree.leaves(polished(config, stacked)), jax.tree.leaves(stacked)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -72,13 +72,15 @@ def own_sample(config: TrainConfig, params: Params, fresh: Tasks) -> tuple[Tasks
     """The sample ranked by one model's own loss: its TAIL_KEEP worst of polish_pool
     sequences of the bank stream (`selection.own_worst`), and the fresh ones on which
     its loss is below theirs. The model is fixed while it is polished, so its loss is a
-    fixed score, and the sample as unbiased as the tail score's."""
+    fixed score, and the sample as unbiased as the tail score's. A non-finite loss ranks
+    highest, as in `own_worst`. None where no fresh sequence lies below the bank (a
+    model non-finite on all of them): there is nothing to weigh the bank against."""
     stacked = jax.tree.map(lambda a: a[None], params)
     bank = jax.tree.map(lambda a: a[0], own_worst(stacked, data_key(config.seed, config.noise, "bank"), config.noise,
                                                   config.polish_pool, config.n))
-    threshold = np.asarray(model_losses(stacked, bank)[0]).min()
-    below = np.asarray(model_losses(stacked, fresh)[0]) < threshold
-    return _weighted(bank, fresh, below, bank.batch / config.polish_pool)
+    score = lambda tasks: np.nan_to_num(np.asarray(model_losses(stacked, tasks)[0], np.float64), nan=np.inf)
+    below = score(fresh) < score(bank).min()
+    return _weighted(bank, fresh, below, bank.batch / config.polish_pool) if below.any() else None
 
 
 @lru_cache(maxsize=16)
@@ -172,7 +174,11 @@ def polished(config: TrainConfig, stacked: Params) -> Params:
     models, changed = [], False
     for k in range(jax.tree.leaves(stacked)[0].shape[0]):
         start = jax.tree.map(lambda a: a[k], stacked)
-        sample, weight = own_sample(config, start, drawn) if config.polish_score == "own" else drawn
+        own = own_sample(config, start, drawn) if config.polish_score == "own" else drawn
+        if own is None:  # non-finite everywhere: the polish is not for it
+            models.append(start)
+            continue
+        sample, weight = own
         bank = jax.tree.map(lambda a: a[:_bank_size(config)], sample)
         worst = float(jnp.max(adjusted_losses(jax.tree.map(lambda a: a[None], start), bank)[0]))
         params = start
