@@ -272,3 +272,30 @@ def test_a_run_killed_before_its_seal_is_sealed_on_resume(capsys, run_dir):
     (run_dir / MANIFEST).unlink()
     code, out, _ = cli(capsys, *T, "--out", run_dir, "--resume")
     assert code == 0 and (run_dir / MANIFEST).exists()
+
+
+def test_reports_and_figures_are_replaced_not_written_in_place(tmp_path):
+    # A copy of an output directory made with hard links (cp -al) shares its files;
+    # a report written in place would change the original's too (it did, to Table 1's).
+    from lticl.plotting import pyplot, save
+    from lticl.sweep import write_results
+    from lticl.table1 import write_table1
+
+    from lticl.table1 import row
+
+    rows = [row("diag", 2, "uniform:1", 0.3, 0.29, worst=3.0, seeds=1, tail_worst=4.0, tail_pool=1000)]
+    out, copy = tmp_path / "out", tmp_path / "copy"
+    out.mkdir()
+    written = write_table1(rows, out, "smoke") + write_results(rows, out, "results")
+    fig = pyplot().figure()
+    written += save(fig, out, "fig")
+    before = {p.name: p.read_bytes() for p in written}
+    copy.mkdir()
+    for p in written:
+        os.link(p, copy / p.name)
+    rows = [row("diag", 2, "uniform:1", 0.5, 0.29, worst=3.0, seeds=1, tail_worst=4.0, tail_pool=1000)]
+    write_table1(rows, copy, "smoke"), write_results(rows, copy, "results")
+    save(pyplot().figure(figsize=(3, 2)), copy, "fig")
+    for p in written:
+        assert p.read_bytes() == before[p.name], p.name
+        assert (copy / p.name).read_bytes() != before[p.name], p.name

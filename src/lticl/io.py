@@ -50,6 +50,12 @@ def atomic_write(path: str | os.PathLike, write: Callable) -> Path:
     return path
 
 
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """`text` as UTF-8 at `path`, by `atomic_write`: the file is replaced, never written
+    in place, so a run killed mid-write, or a copy that hard-links it, keeps the old one."""
+    return atomic_write(path, lambda f: f.write(text.encode()))
+
+
 def writable_directory(directory: str | os.PathLike) -> Path:
     """`directory`, created if need be, once it is known that files can be written
     there; a ValueError naming it otherwise. Called before any work whose results

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .io import atomic_write
+
 
 def pyplot():
     import matplotlib
@@ -19,7 +21,7 @@ def save(fig, out: Path, name: str) -> list[Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{name}.png", out / f"{name}.pdf"]
-    for p in paths:
-        fig.savefig(p, dpi=130, bbox_inches="tight")
+    for p in paths:  # replaced, never written in place (io.atomic_write)
+        atomic_write(p, lambda f, fmt=p.suffix[1:]: fig.savefig(f, format=fmt, dpi=130, bbox_inches="tight"))
     pyplot().close(fig)
     return paths

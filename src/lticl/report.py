@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 import numpy as np
 from rich import box
 from rich.markup import escape
 from rich.table import Table
+
+from .io import write_text
 
 
 def number(v) -> str:
@@ -41,8 +44,8 @@ def markdown(rows: list[dict], title: str, columns: list[str] | None = None) -> 
 
 def write_csv(path: Path, rows: list[dict]) -> Path:
     """Rows as CSV, the first row's keys as the header, numbers at full precision."""
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return Path(path)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    return write_text(path, text.getvalue())

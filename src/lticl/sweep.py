@@ -40,7 +40,7 @@ from .config import TrainConfig
 from .devices import device_memory, plan_calls
 from .engine import concat
 from .experiments import BUDGETS, LABEL, budget_config
-from .io import load_npz
+from .io import load_npz, write_text
 from .metrics import Evaluation
 from .params import Params
 from .rundir import MODEL, SEEDS, load_seeds, run_name
@@ -179,8 +179,7 @@ def write_results(rows: list[dict], out: Path, title: str) -> list[Path]:
     from .report import markdown, write_csv
 
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.md").write_text(markdown(rows, title))
-    return [write_csv(out / "results.csv", rows), out / "results.md"]
+    return [write_csv(out / "results.csv", rows), write_text(out / "results.md", markdown(rows, title))]
 
 
 # ---------------------------------------------------------------------- grid files

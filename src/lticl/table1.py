@@ -9,6 +9,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from .experiments import BASELINES, DEPTHS, LABEL, SETTINGS, VARIANTS, cells
+from .io import write_text
 from .paper import PAPER_D, PAPER_N, paper_value
 from .report import write_csv
 from .selection import tail_limit
@@ -144,5 +145,4 @@ def markdown(rows: list[dict], budget: str) -> str:
 
 
 def write_table1(rows: list[dict], out: Path, budget: str) -> list[Path]:
-    (out / "table1.md").write_text(markdown(rows, budget))
-    return [write_csv(out / "table1.csv", rows), out / "table1.md"]
+    return [write_csv(out / "table1.csv", rows), write_text(out / "table1.md", markdown(rows, budget))]

@@ -12,6 +12,7 @@ import numpy as np
 import typer
 from rich.markup import escape
 
+from ..io import write_text
 from ..paper import PAPER_N
 from ..theorems import TITLES
 from . import Format, FormatOption, app, choices, err, fail, stdout, writable
@@ -39,10 +40,10 @@ def load_model(path: Path, out: Path | None = None):
 
 def _write(out: Path, record, md: str | None, name: str) -> list[str]:
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps(record, indent=2))
+    write_text(out / f"{name}.json", json.dumps(record, indent=2))
     if md is None:
         return [f"{name}.json"]
-    (out / f"{name}.md").write_text(md)
+    write_text(out / f"{name}.md", md)
     return [f"{name}.json", f"{name}.md"]
 
 

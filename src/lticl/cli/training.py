@@ -16,6 +16,7 @@ from rich.markup import escape
 from rich.progress import Progress
 
 from ..experiments import LABEL
+from ..io import write_text
 from ..paper import PAPER_D, PAPER_N
 from . import (D_OPTION, N_OPTION, Budget, BudgetOption, Executor, Format, FormatOption, Target, Variant, app, err,
                fail, progress_bar, stdout, writable)
@@ -106,8 +107,8 @@ def baselines(
             "details": {spec: {"evaluation": {m: e.to_dict() for m, e in r["evaluation"].items()},
                                "tuned": r["tuned"]} for spec, r in results.items()},
         }
-        (out / "baselines.json").write_text(json.dumps(record, indent=2))
-        (out / "baselines.md").write_text(markdown(rows, title + "."))
+        write_text(out / "baselines.json", json.dumps(record, indent=2))
+        write_text(out / "baselines.md", markdown(rows, title + "."))
         err.print(escape(f"wrote {out / 'baselines.json'} and {out / 'baselines.md'}"))
 
 
