@@ -299,3 +299,20 @@ def test_reports_and_figures_are_replaced_not_written_in_place(tmp_path):
     for p in written:
         assert p.read_bytes() == before[p.name], p.name
         assert (copy / p.name).read_bytes() != before[p.name], p.name
+
+
+def test_the_progress_log_of_a_hard_linked_copy_is_its_own(tmp_path):
+    from rich.console import Console
+
+    from lticl.cli.progress import LOG, Tracker
+
+    out, copy = tmp_path / "out", tmp_path / "copy"
+    with Tracker(Console(file=io.StringIO()), out) as t:
+        t.update(t.add_task("first", total=2), completed=1)
+    before = (out / LOG).read_bytes()
+    copy.mkdir()
+    os.link(out / LOG, copy / LOG)
+    with Tracker(Console(file=io.StringIO()), copy) as t:
+        t.update(t.add_task("second", total=2), completed=2)
+    assert (out / LOG).read_bytes() == before
+    assert (copy / LOG).read_bytes().startswith(before) and b"second" in (copy / LOG).read_bytes()

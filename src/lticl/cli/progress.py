@@ -19,6 +19,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from ..io import atomic_write
+
 PLAIN_EVERY = 10.0  # seconds between two plain lines of one task
 LOG = "log.jsonl"
 
@@ -44,7 +46,10 @@ class Tracker:
         self.log = None
         if out is not None:
             Path(out).mkdir(parents=True, exist_ok=True)
-            self.log = open(Path(out) / LOG, "a", encoding="utf-8")
+            log = Path(out) / LOG
+            if log.exists() and log.stat().st_nlink > 1:  # a hard-linked copy's: append to its own
+                atomic_write(log, lambda f: f.write(log.read_bytes()))
+            self.log = open(log, "a", encoding="utf-8")
 
     def __enter__(self) -> "Tracker":
         if self.bars is not None:
