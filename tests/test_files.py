@@ -279,9 +279,7 @@ def test_reports_and_figures_are_replaced_not_written_in_place(tmp_path):
     # a report written in place would change the original's too (it did, to Table 1's).
     from lticl.plotting import pyplot, save
     from lticl.sweep import write_results
-    from lticl.table1 import write_table1
-
-    from lticl.table1 import row
+    from lticl.table1 import row, write_table1
 
     rows = [row("diag", 2, "uniform:1", 0.3, 0.29, worst=3.0, seeds=1, tail_worst=4.0, tail_pool=1000)]
     out, copy = tmp_path / "out", tmp_path / "copy"
@@ -294,7 +292,8 @@ def test_reports_and_figures_are_replaced_not_written_in_place(tmp_path):
     for p in written:
         os.link(p, copy / p.name)
     rows = [row("diag", 2, "uniform:1", 0.5, 0.29, worst=3.0, seeds=1, tail_worst=4.0, tail_pool=1000)]
-    write_table1(rows, copy, "smoke"), write_results(rows, copy, "results")
+    write_table1(rows, copy, "smoke")
+    write_results(rows, copy, "results")
     save(pyplot().figure(figsize=(3, 2)), copy, "fig")
     for p in written:
         assert p.read_bytes() == before[p.name], p.name

@@ -22,6 +22,6 @@ def save(fig, out: Path, name: str) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{name}.png", out / f"{name}.pdf"]
     for p in paths:  # replaced, never written in place (io.atomic_write)
-        atomic_write(p, lambda f, fmt=p.suffix[1:]: fig.savefig(f, format=fmt, dpi=130, bbox_inches="tight"))
+        atomic_write(p, lambda f: fig.savefig(f, format=p.suffix[1:], dpi=130, bbox_inches="tight"))
     pyplot().close(fig)
     return paths

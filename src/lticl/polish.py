@@ -174,11 +174,11 @@ def polished(config: TrainConfig, stacked: Params) -> Params:
     models, changed = [], False
     for k in range(jax.tree.leaves(stacked)[0].shape[0]):
         start = jax.tree.map(lambda a: a[k], stacked)
-        own = own_sample(config, start, drawn) if config.polish_score == "own" else drawn
-        if own is None:  # non-finite everywhere: the polish is not for it
+        picked = own_sample(config, start, drawn) if config.polish_score == "own" else drawn
+        if picked is None:  # non-finite everywhere: the polish is not for it
             models.append(start)
             continue
-        sample, weight = own
+        sample, weight = picked
         bank = jax.tree.map(lambda a: a[:_bank_size(config)], sample)
         worst = float(jnp.max(adjusted_losses(jax.tree.map(lambda a: a[None], start), bank)[0]))
         params = start
