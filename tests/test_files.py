@@ -281,19 +281,18 @@ def test_reports_and_figures_are_replaced_not_written_in_place(tmp_path):
     from lticl.sweep import write_results
     from lticl.table1 import row, write_table1
 
-    rows = [row("diag", 2, "uniform:1", 0.3, 0.29, worst=3.0, seeds=1, tail_worst=4.0, tail_pool=1000)]
+    rows = lambda ours: [row("diag", 2, "uniform:1", ours, 0.29, worst=3.0, seeds=1, tail_worst=4.0, tail_pool=1000)]
     out, copy = tmp_path / "out", tmp_path / "copy"
     out.mkdir()
-    written = write_table1(rows, out, "smoke") + write_results(rows, out, "results")
+    written = write_table1(rows(0.3), out, "smoke") + write_results(rows(0.3), out, "results")
     fig = pyplot().figure()
     written += save(fig, out, "fig")
     before = {p.name: p.read_bytes() for p in written}
     copy.mkdir()
     for p in written:
         os.link(p, copy / p.name)
-    rows = [row("diag", 2, "uniform:1", 0.5, 0.29, worst=3.0, seeds=1, tail_worst=4.0, tail_pool=1000)]
-    write_table1(rows, copy, "smoke")
-    write_results(rows, copy, "results")
+    write_table1(rows(0.5), copy, "smoke")
+    write_results(rows(0.5), copy, "results")
     save(pyplot().figure(figsize=(3, 2)), copy, "fig")
     for p in written:
         assert p.read_bytes() == before[p.name], p.name
