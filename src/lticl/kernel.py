@@ -90,17 +90,17 @@ def _mixer(params: Params, o: _Ops):
     return masks, lambda m, G: m[:, :, None] * G, adjoint, lambda d: to_params(d)[0]
 
 
-def value_and_grad(params: Params, x: Array, y: Array, loss_of_w: Callable[[Array], Array],
-                   lengths: Array | None = None) -> tuple[Array, Params]:
-    """loss_of_w(w^L) for context x (B, n, d), y (B, n), and its gradient in params:
-    equal to jax.value_and_grad of loss_of_w(model.weights(params, x, y, lengths)) to
-    rounding."""
+def _forward(params: Params, x: Array, y: Array, lengths: Array | None):
+    """The forward pass in this layout: the ones of `_Ops`, the mixer (`_mixer`), G^l and
+    T^l of every layer (L, D, D, B), rs[l] = r_{l+1}, the query's row after layer l
+    (L, D, B), and w^L (B, d)."""
     B, _, d = x.shape
     x, y = context(params, x, y, lengths)
     e = jnp.transpose(jnp.concatenate([x, y[..., None]], axis=-1), (2, 1, 0))  # (D, n, B)
     G0 = einsum("inb,jnb->ijb", e, e)
     o = _Ops(jnp.sign(jnp.abs(G0) + 1))  # ones (inf included) that XLA cannot fold, not a broadcast
-    theta, mix, adjoint, as_params = _mixer(params, o)
+    mixer = _mixer(params, o)
+    theta, mix = mixer[:2]
     eye = jnp.eye(d + 1, dtype=x.dtype)[:, :, None]
 
     def forward(G, th):  # G^{l+1} = T G Tᵀ with T = I + K
@@ -109,12 +109,31 @@ def value_and_grad(params: Params, x: Array, y: Array, loss_of_w: Callable[[Arra
 
     _, (Gs, Ts) = jax.lax.scan(forward, G0, theta)
     # The query's row: r_L = e_D, r_l = r_{l+1} T_l, w^L = −r_0[:d]; rs[l] = r_{l+1}.
-    row = lambda r, T: sum(r[i][None] * T[i] for i in range(d + 1))
     r_last = jnp.zeros((d + 1, B), x.dtype).at[d].set(1.0)
-    _, rs = jax.lax.scan(lambda r, T: (row(r, T), r), r_last, Ts, reverse=True)
-    w = -row(rs[0], Ts[0])[:d].T
+    _, rs = jax.lax.scan(lambda r, T: (_row(r, T), r), r_last, Ts, reverse=True)
+    return o, mixer, Gs, Ts, rs, -_row(rs[0], Ts[0])[:d].T
+
+
+def _row(r: Array, T: Array) -> Array:
+    """r T for a row r (D, B) of each sequence."""
+    return sum(r[i][None] * T[i] for i in range(T.shape[0]))
+
+
+def weights(params: Params, x: Array, y: Array, lengths: Array | None = None) -> Array:
+    """w^L (B, d) in this layout: `model.weights` to rounding, several times faster on
+    a CPU (BENCHMARKS.md)."""
+    return _forward(params, x, y, lengths)[-1]
+
+
+def value_and_grad(params: Params, x: Array, y: Array, loss_of_w: Callable[[Array], Array],
+                   lengths: Array | None = None) -> tuple[Array, Params]:
+    """loss_of_w(w^L) for context x (B, n, d), y (B, n), and its gradient in params:
+    equal to jax.value_and_grad of loss_of_w(model.weights(params, x, y, lengths)) to
+    rounding."""
+    B, _, d = x.shape
+    o, (theta, _, adjoint, as_params), Gs, Ts, rs, w = _forward(params, x, y, lengths)
     loss, dw = jax.value_and_grad(loss_of_w)(w)
-    dr0 = jnp.concatenate([-dw.T.astype(x.dtype), jnp.zeros((1, B), x.dtype)])
+    dr0 = jnp.concatenate([-dw.T.astype(w.dtype), jnp.zeros((1, B), w.dtype)])
 
     def row_back(dr, Tr):  # dr_{l+1} = dr_l T_lᵀ, and T_l's share: r_{l+1} ⊗ dr_l
         T, r = Tr
@@ -130,5 +149,5 @@ def value_and_grad(params: Params, x: Array, y: Array, loss_of_w: Callable[[Arra
         d_theta, dG = adjoint(th, G, dK)
         return o.t_mm(T, HT) + dG + _t(dG), d_theta
 
-    _, d_theta = jax.lax.scan(backward, jnp.zeros_like(G0), (Gs, Ts, dT_rows, theta), reverse=True)
+    _, d_theta = jax.lax.scan(backward, jnp.zeros_like(Gs[0]), (Gs, Ts, dT_rows, theta), reverse=True)
     return loss, as_params(jax.tree.map(lambda g, th: g.astype(th.dtype), d_theta, theta))
