@@ -1,8 +1,10 @@
 """The training step's loss and gradient by hand (docs/math.md §9): the engine's fast
 path. `engine` keeps autodiff through `model.weights` as the reference that tests
-compare this against.
+compare this against. Its forward pass alone (`weights`) is how selection and
+evaluation compute a model's w^L.
 
     loss, grads = value_and_grad(params, x, y, loss_of_w)   # loss_of_w(w^L (B, d)) -> scalar
+    w = weights(params, x, y)                                # (B, d)
 
 Layout: every per-sequence (D, D) matrix is stored batch-last, (D, D, B), so that a
 product of two of them is eleven multiply-adds of whole rows of B lanes, which XLA
@@ -120,8 +122,8 @@ def _row(r: Array, T: Array) -> Array:
 
 
 def weights(params: Params, x: Array, y: Array, lengths: Array | None = None) -> Array:
-    """w^L (B, d) in this layout: `model.weights` to rounding, several times faster on
-    a CPU (BENCHMARKS.md)."""
+    """w^L (B, d) in this layout: `model.weights` to rounding, and faster on a CPU from
+    two layers up (BENCHMARKS.md, Evaluation's forward pass)."""
     return _forward(params, x, y, lengths)[-1]
 
 
