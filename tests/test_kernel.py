@@ -44,7 +44,7 @@ def test_the_hand_derived_gradient_equals_autodiff_in_float64(variant, layers, h
 @pytest.mark.parametrize("variant,layers,heads", slow_unless(CASES, [("full", 7, 2), ("diag", 3, 1), ("gdpp", 7, 1)]))
 def test_the_kernel_forward_equals_the_reference_in_float64(variant, layers, heads):
     """kernel.weights, which selection and evaluation use, equals model.weights to
-    1e-10 relative in float64 (observed ~1e-15), with and without per-sequence
+    1e-10 relative in float64, with and without per-sequence
     lengths, for the paper's model and a normalised one."""
     params = gd_like_params(jax.random.key(1), variant, layers, D, heads, N)
     t = sample_tasks(jax.random.key(2), "uniform:5", 64, N, D, jnp.float64)
