@@ -59,8 +59,8 @@ def use_compilation_cache() -> str | None:
 def spread(tree, k: int):
     """The K models on the leading axis placed across the local devices: padded
     with copies of the last model to a multiple of the devices used, so that one
-    compiled call runs on every core. A model's rounding depends on its place (most
-    likely the device it lands on), and a group of one stays on one device unsharded: a config trained
+    compiled call runs on every core. A model's rounding depends on the device it lands
+    on (measured), and a group of one stays on one device unsharded: a config trained
     alone, or at another place in its group, ends on other parameters
     (docs/log/2026-12-05-hour.md)."""
     devices = jax.local_devices()[:k]
