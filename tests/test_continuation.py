@@ -340,3 +340,32 @@ def test_a_learning_curve_says_which_runs_continue_another():
     assert _note(stratified, config) == " (stratified)"  # a stratified retry of a plain cell
     assert _note(replace(stratified, continues=run_name(stratified)), config) == " (stratified) (continued)"
     assert _note(stratified, replace(config, stratum=1024, stratum_fraction=0.1)) == ""  # stratified throughout
+
+
+def test_a_sweep_draws_the_polish_samples_of_its_continuations_before_its_new_seeds_train(tmp_path, monkeypatch):
+    """The continuations foreseen after the first runs have their tail sets and polish
+    samples queued on the drawing thread then, before the new seeds and the
+    continuations train, with the configs the continuations themselves will read."""
+    import lticl.sweep
+
+    order = []
+    monkeypatch.setattr(lticl.sweep, "prefetch_draws", lambda configs: order.extend(("prefetch", c) for c in configs))
+
+    class Polishing(_Chain):
+        def _train(self, runs, note=""):
+            order.append(("train", note))
+            super()._train(runs, note)
+
+        def tailed(self, key):
+            return key == 1  # key 1 gets new seeds
+
+        def continuations(self, key):
+            return [replace(c, polish=30, polish_score="own") for c in super().continuations(key)]
+
+    sweep = Polishing(tmp_path)
+    sweep.train({k: TrainConfig("diag", 1 + k, "uniform:2", **TINY) for k in (0, 1)})
+    first, *rest = [i for i, (what, _) in enumerate(order) if what == "train"]
+    prefetched = [c for what, c in order[first:rest[0]] if what == "prefetch"]
+    assert [order[i][1] for i in rest[:1]] == [" (new seeds: heavy tail)"]
+    assert [c.continues for c in prefetched] == ["run-0", "run-1"] and all(c.polish == 30 for c in prefetched)
+    assert prefetched == [sweep.continuations(k)[0] for k in (0, 1)]

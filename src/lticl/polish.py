@@ -108,13 +108,21 @@ def prefetch_polish_sample(config: TrainConfig) -> Future | None:
 _PIECE = 512  # sequences per piece of the objective: the kernel's best batch (BENCHMARKS.md)
 
 
+def _filled(sample: Tasks, weight: Array) -> tuple[Tasks, Array]:
+    """The sample filled to a multiple of _PIECE sequences with sequences of zeros at
+    weight 0, which add nothing to the objective or its gradient. Samples of about the
+    same size then share one compiled program."""
+    pad = -sample.batch % _PIECE
+    fill = lambda a: jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1))
+    return jax.tree.map(fill, sample), fill(weight)
+
+
 def _value_and_grad(params: Params, sample: Tasks, weight: Array) -> tuple[Array, Params]:
     """The weighted loss and its gradient by the training step's kernel (`lticl.kernel`),
-    summed over pieces of _PIECE sequences; the last piece is filled with sequences of
-    zeros at weight 0, which add nothing to either."""
+    summed over pieces of _PIECE sequences (the last one `_filled`)."""
     params = jax.tree.map(lambda a: a.astype(sample.x.dtype), params)
-    pad = -sample.batch % _PIECE
-    pieces = lambda a: jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1)).reshape((-1, _PIECE) + a.shape[1:])
+    sample, weight = _filled(sample, weight)
+    pieces = lambda a: a.reshape((-1, _PIECE) + a.shape[1:])
 
     def piece(args):
         t, wt = args
@@ -158,6 +166,8 @@ def _lbfgs_step(params: Params, state, sample: Tasks, weight: Array):
 # One model at a time: under vmap the line search's loops and branches run for every
 # model at each step, about 3 times slower for one model.
 _lbfgs_step = jax.jit(_lbfgs_step)
+# Called outside jit, the objective's map over pieces is compiled again at every call.
+_objective = jax.jit(sample_objective)
 
 
 def polished(config: TrainConfig, stacked: Params) -> Params:
@@ -178,15 +188,15 @@ def polished(config: TrainConfig, stacked: Params) -> Params:
         if picked is None:  # non-finite everywhere: the polish is not for it
             models.append(start)
             continue
-        sample, weight = picked
-        bank = jax.tree.map(lambda a: a[:_bank_size(config)], sample)
+        bank = jax.tree.map(lambda a: a[:_bank_size(config)], picked[0])
+        sample, weight = _filled(*picked)
         worst = float(jnp.max(adjusted_losses(jax.tree.map(lambda a: a[None], start), bank)[0]))
         params = start
         if not worst <= tail_limit(config.d):  # nan: an overflow, a tail too
             state = _LBFGS.init(params)
             for _ in range(config.polish):
                 params, state = _lbfgs_step(params, state, sample, weight)
-            before, after = (float(sample_objective(m, sample, weight)) for m in (start, params))
+            before, after = (float(_objective(m, sample, weight)) for m in (start, params))
             if not (np.isfinite(after) and after < before):
                 params = start
             changed = changed or params is not start

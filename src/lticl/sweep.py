@@ -46,6 +46,7 @@ from .params import Params
 from .rundir import MODEL, SEEDS, load_seeds, run_name
 from .runs import EXECUTORS, combine_runs, require_ray, run_groups
 from .selection import heavy_tailed
+from .train import prefetch_draws
 
 FIELDS = tuple(f.name for f in fields(TrainConfig))
 
@@ -76,11 +77,16 @@ class Sweep:
         on the same validation and tail sets (`runs.combine_runs`)."""
         self.configs.update(configs)
         self._train([(k, c) for k, c in configs.items() if k not in self.runs])
+        self.prefetch([k for k in configs if not self.continued_yet(k)])
         tailed = [k for k in configs if len(self.runs[k]) == 1 and self.tailed(k)]
         self._train([(k, self.retry(k)) for k in tailed], " (new seeds: heavy tail)")
         for wave in self.waves(list(configs)):  # a key decides once the keys it may start from are final
-            self._train([(k, c) for k in wave if not any(c.continues for c, _ in self.runs[k])
-                         for c in self.continuations(k)], " (continued)")
+            self._train([(k, c) for k in wave if not self.continued_yet(k) for c in self.continuations(k)],
+                        " (continued)")
+
+    def continued_yet(self, key) -> bool:
+        """Whether a run continuing the key has trained (a restarted sweep's)."""
+        return any(c.continues for c, _ in self.runs[key])
 
     def tailed(self, key) -> bool:
         m, d = self.metrics[key], self.configs[key].d
@@ -97,6 +103,16 @@ class Sweep:
         """The runs that continue a key's chosen model for more steps: a plain sweep
         has no target to miss, so it continues nothing (a Reproduction does)."""
         return []
+
+    def prefetch(self, keys: list) -> None:
+        """Start drawing, on the drawing thread, the tail sets and polish samples that
+        the keys' continuations would read if the keys were decided now (`train.prefetch_draws`).
+        A key whose chosen model may still change (a new seed) can end up not needing
+        them; a sample drawn for nothing costs only the drawing thread's time, and one
+        that is needed is ready when its continuation ends. Only where the runs train
+        in this process (executor "local")."""
+        if self.executor == "local":
+            prefetch_draws([c for key in keys for c in self.continuations(key)])
 
     def candidates(self, key) -> list:
         """The other keys whose chosen models a key's continuations may start from

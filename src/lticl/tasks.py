@@ -279,7 +279,7 @@ def data_key(seed: int, noise: NoiseLike, purpose: str) -> Array:
     return jax.random.fold_in(key, _PURPOSES.index(purpose))
 
 
-@lru_cache(maxsize=16)
+@lru_cache(maxsize=32)  # a setting's training bank and its polish's
 def stratum_bank(seed: int, noise: str, pool: int, keep: int, n: int, d: int) -> tuple[Tasks, float]:
     """The `keep` sequences with the largest tail score among `pool` fresh ones of the
     config's own "bank" stream (apart from its training, validation and tail streams),

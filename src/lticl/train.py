@@ -120,6 +120,15 @@ def _result(c: TrainConfig, adam: Params, losses: np.ndarray, rec: np.ndarray, s
                        kept_polished)
 
 
+def prefetch_draws(configs: list[TrainConfig]) -> None:
+    """Start drawing the tail sets, then the polish samples, that the configs' runs
+    will read, on the drawing thread, each once per process (`selection.in_background`)."""
+    for c in configs:
+        prefetch_tail_set(c.seed, c.noise, c.tail_sequences, c.n, c.d)
+    for c in configs:
+        prefetch_polish_sample(c)
+
+
 def train_group(
     configs: list[TrainConfig],
     progress: Callable[[int, np.ndarray], None] | None = None,
@@ -142,9 +151,7 @@ def train_group(
         raise ValueError("train_group needs configs that differ only in noise, seed and seeds")
     config = configs[0]
     begun, done = _begin(configs, starts or [None] * len(configs))
-    for c in configs:  # drawn while the models train
-        prefetch_tail_set(c.seed, c.noise, c.tail_sequences, c.n, c.d)
-        prefetch_polish_sample(c)
+    prefetch_draws(configs)  # drawn while the models train
     bounds = np.cumsum([0] + [c.seeds for c in configs])
     parts = lambda tree, i: jax.tree.map(lambda a: a[bounds[i]:bounds[i + 1]], tree)
     models = int(bounds[-1])
