@@ -166,7 +166,7 @@ def _lbfgs_step(params: Params, state, sample: Tasks, weight: Array):
 # One model at a time: under vmap the line search's loops and branches run for every
 # model at each step, about 3 times slower for one model.
 _lbfgs_step = jax.jit(_lbfgs_step)
-# Called outside jit, the objective's map over pieces is compiled again at every call.
+# Outside jit the objective runs op by op (its filling, its map over pieces).
 _objective = jax.jit(sample_objective)
 
 
