@@ -366,6 +366,18 @@ def test_a_sweep_draws_the_polish_samples_of_its_continuations_before_its_new_se
     sweep.train({k: TrainConfig("diag", 1 + k, "uniform:2", **TINY) for k in (0, 1)})
     first, *rest = [i for i, (what, _) in enumerate(order) if what == "train"]
     prefetched = [c for what, c in order[first:rest[0]] if what == "prefetch"]
-    assert [order[i][1] for i in rest[:1]] == [" (new seeds: heavy tail)"]
+    assert order[rest[0]][1] == " (new seeds: heavy tail)"
     assert [c.continues for c in prefetched] == ["run-0", "run-1"] and all(c.polish == 30 for c in prefetched)
     assert prefetched == [sweep.continuations(k)[0] for k in (0, 1)]
+
+
+def test_the_drawing_thread_gets_every_tail_set_before_any_polish_sample(monkeypatch):
+    """A resumed sweep queues its continuations' draws before any run trains: the tail
+    sets, which every run's selection reads, must not wait behind the polish's banks."""
+    import lticl.train
+
+    order = []
+    monkeypatch.setattr(lticl.train, "prefetch_tail_set", lambda seed, noise, *a: order.append(("tail", noise)))
+    monkeypatch.setattr(lticl.train, "prefetch_polish_sample", lambda c: order.append(("polish", c.noise)))
+    lticl.train.prefetch_draws([TrainConfig("diag", 3, s, **TINY) for s in ("uniform:1", "uniform:2")])
+    assert order == [("tail", "uniform:1"), ("tail", "uniform:2"), ("polish", "uniform:1"), ("polish", "uniform:2")]
