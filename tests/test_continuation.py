@@ -20,7 +20,7 @@ from lticl.engine import init_state
 from lticl.experiments import BUDGETS, cells, matching
 from lticl.io import load_npz
 from lticl.paper import paper_value
-from lticl.params import as_full
+from lticl.params import as_diag, as_full
 from lticl.reproduce import Reproduction
 from lticl.rundir import MODEL, SEEDS, config_hash, continuation_start, load_seeds, run_name
 from lticl.runs import run
@@ -76,6 +76,12 @@ def test_a_continuation_starts_from_its_parent_and_is_deterministic(tmp_path):
     np.testing.assert_array_equal(state.params.p, start.p)
     np.testing.assert_array_equal(state.params.q, start.q)
     assert run(full, tmp_path / "a" / run_name(full))["steps"] == 30
+    # a DIAG continuation of a FULL run starts from the DIAG model nearest each FULL seed
+    back = replace(child, continues=run_name(full))
+    state, _ = continuation_start(back, tmp_path / "a" / run_name(full))
+    start = as_diag(load_seeds(tmp_path / "a" / run_name(full) / SEEDS))
+    np.testing.assert_array_equal(state.params.p, start.p)
+    np.testing.assert_array_equal(state.params.q, start.q)
     # a parent whose seeds were changed after it finished is refused
     with open(tmp_path / "a" / run_name(parent) / SEEDS, "ab") as f:
         f.write(b"\0")
@@ -205,7 +211,17 @@ def test_a_cell_continues_when_it_misses_on_validation_and_never_reads_its_evalu
     assert starts(key) == [run_name(config)]  # no tame start: its own alone
     _cell(rep, key, paper * 0.5)
     _cell(rep, ("diag", 5, "uniform:4"), paper * 1.2)
-    assert starts(("diag", 5, "uniform:4")) == [run_name(diag)]  # FULL never starts DIAG
+    # FULL's model starts DIAG only projected onto DIAG, where that is tame and lowest on DIAG's validation
+    projected = {}
+    rep.projected = lambda k: {key: projected[k]} if k in projected else {}
+    assert starts(("diag", 5, "uniform:4")) == [run_name(diag)]
+    projected[("diag", 5, "uniform:4")] = (paper * 1.1, False)
+    assert starts(("diag", 5, "uniform:4")) == [run_name(config)]
+    projected[("diag", 5, "uniform:4")] = (paper * 1.1, True)
+    assert starts(("diag", 5, "uniform:4")) == [run_name(diag)]  # heavy-tailed, projected
+    projected[("diag", 5, "uniform:4")] = (paper * 1.3, False)
+    assert starts(("diag", 5, "uniform:4")) == [run_name(diag)]
+    projected.clear()
     # a DIAG cell also continues its tame shallower model grown below the last layer (the budget's regrown)
     below = _cell(rep, ("diag", 4, "uniform:4"), paper * 1.3)
     _cell(rep, ("diag", 5, "uniform:4"), paper * 1.2)
@@ -222,6 +238,26 @@ def test_a_cell_continues_when_it_misses_on_validation_and_never_reads_its_evalu
     smoke = Reproduction(tmp_path, "smoke")  # a budget without continuations
     _cell(smoke, key, paper * 1.2)
     assert smoke.continuations(key) == []
+
+
+def test_a_diag_cell_reads_fulls_model_projected_on_its_own_validation_and_tail_sets(tmp_path):
+    """FULL's model of a DIAG cell's depth, projected onto DIAG (`Reproduction.projected`):
+    where FULL's model is a DIAG one written as FULL, the projection is that DIAG
+    model, and its mean on the DIAG cell's validation set is the one the DIAG run recorded."""
+    rep = Reproduction(tmp_path, "laptop")
+    key, peer = ("diag", 2, "uniform:2"), ("full", 2, "uniform:2")
+    assert rep.projected(key) == {}  # FULL's not trained
+    config = TrainConfig("diag", 2, "uniform:2", **TINY)
+    m = run(config, tmp_path / run_name(config))
+    rep.configs[key], rep.metrics[key], rep.runs[key] = config, m, [(config, m)]
+    full = replace(config, variant="full")
+    rep.configs[peer], rep.metrics[peer], rep.runs[peer] = full, m, [(full, m)]
+    rep.params = lambda k: as_full(load_npz(tmp_path / run_name(config) / MODEL)) if k == peer else None
+    (got, tailed), = rep.projected(key).values()
+    assert got == pytest.approx(m["validation"][m["seed"]]["mean"], rel=1e-5) and tailed is False
+    assert rep.projected(peer) == {} and rep.projected(("gdpp", 2, "uniform:2")) == {}
+    rep.metrics[peer] = {**m, "usable": False}
+    assert rep.projected(key) == {}  # no usable FULL model
 
 
 def test_a_cell_decides_its_continuation_after_the_cells_it_may_start_from(tmp_path):

@@ -8,7 +8,7 @@ from conftest import D, N, gd_like_params, slow_unless
 
 import lticl
 from lticl.model import gram, layer_mixes
-from lticl.params import as_full, full_matrices
+from lticl.params import as_diag, as_full, full_matrices
 
 CASES = [(v, L, H) for v in lticl.VARIANTS for L, H in [(1, 1), (2, 3), (4, 2), (7, 1), (7, 3)]]
 TOL = {jnp.float64: 1e-10, jnp.float32: 1e-4}
@@ -142,6 +142,27 @@ def test_as_full_is_the_same_model(variant):
         one, big = (jax.tree.map(lambda a: a[i], m) for m in (stacked, full))
         assert rel_err(lticl.predict(big, t.x, t.y, t.x_query, form="tokens"),
                        lticl.predict(one, t.x, t.y, t.x_query, form="tokens")) <= 1e-12
+
+
+def test_as_diag_is_the_nearest_diag_model():
+    """FULL's P and Q projected onto DIAG's blocks (a DIAG continuation may start from
+    FULL's model): a DIAG model written as FULL projects back to itself, and what the
+    projection drops is orthogonal to every DIAG model (the x-block's trace and the
+    y-entry are kept, the cross blocks dropped)."""
+    keys = jax.random.split(jax.random.key(9), 3)
+    stacked = jax.vmap(lambda k: gd_like_params(k, "diag", 3, D, 2, N))(keys)
+    back = as_diag(as_full(stacked))
+    assert back.variant == "diag" and back.p.shape == stacked.p.shape
+    np.testing.assert_allclose(back.p, stacked.p, rtol=1e-14, atol=0)
+    np.testing.assert_allclose(back.q, stacked.q, rtol=1e-14, atol=0)
+    full = jax.vmap(lambda k: gd_like_params(k, "full", 3, D, 2, N))(keys)
+    for mine, near in zip((full.p, full.q), full_matrices(as_diag(full))):
+        rest = np.asarray(mine - near)
+        assert np.abs(np.trace(rest[..., :D, :D], axis1=-2, axis2=-1)).max() <= 1e-14 * np.abs(mine).max()
+        assert np.abs(rest[..., D, D]).max() == 0
+        assert np.abs(rest).max() > 0.01 * np.abs(mine).max()  # FULL's model is not a DIAG one
+    with pytest.raises(ValueError, match="projects a full model"):
+        as_diag(stacked)
 
 
 @pytest.mark.parametrize("n,d", slow_unless([(1, 1), (1, 3), (5, 1), (3, 7)], set()))

@@ -129,6 +129,18 @@ def as_full(params: Params) -> Params:
     return replace(params, variant="full", p=p, q=q)
 
 
+def as_diag(params: Params) -> Params:
+    """The DIAG model nearest a FULL one (leading axes kept): each block of P and Q
+    replaced by its orthogonal projection on the scaled identities, p_x = tr(P_xx)/d
+    and p_y = P_yy (Q alike); the cross blocks P_xy, P_yx, Q_xy, Q_yx are dropped.
+    `as_diag(as_full(m))` is m for a DIAG model m."""
+    if params.variant != "full":
+        raise ValueError(f"as_diag projects a full model, not a {params.variant} one")
+    d = params.d
+    scalars = lambda a: jnp.stack([jnp.trace(a[..., :d, :d], axis1=-2, axis2=-1) / d, a[..., d, d]], axis=-1)
+    return replace(params, variant="diag", p=scalars(params.p), q=scalars(params.q))
+
+
 def head_omegas(params: Params) -> Array:
     """(L, H, 4) [ω_xx, ω_xy, ω_yx, ω_yy] of each head alone (DIAG/GD++, docs/math.md §3)."""
     if params.variant == "full":

@@ -24,11 +24,11 @@ from .config import TrainConfig
 from .experiments import BASELINES, budget, budget_config, matching
 from .io import read_json
 from .metrics import evaluate, evaluate_baselines, layer_adjusted_losses, tune_baselines
-from .params import Params
+from .params import Params, as_diag
 from .noise import Fixed
 from .paper import PAPER_D, PAPER_N
-from .rundir import write_json
-from .selection import in_background
+from .rundir import run_name, write_json
+from .selection import evaluate_models, heavy_tailed, in_background, tail_evaluations
 from .sweep import Sweep, curve_figures, result_row, write_results
 from .table1 import training_verdict
 from .tasks import data_key, sample_tasks, stack_chunks, task_chunks
@@ -45,6 +45,7 @@ class Reproduction(Sweep):
         self.budget, self.seed, self.overrides = budget_name, seed, overrides
         self.baselines_ahead: tuple = ()  # settings whose baseline rows `prefetch` computes in the background
         self._ahead: Future | None = None
+        self._projected: dict = {}  # `projected`'s evaluations, by cell and FULL's run
 
     def config(self, variant: str, layers: int, noise: str) -> TrainConfig:
         """A cell's first run."""
@@ -68,7 +69,8 @@ class Reproduction(Sweep):
         chosen model and its `candidates`, as they are after their own continuations:
         the same variant's one layer shallower, grown by a layer, and, for FULL, DIAG's
         of the same depth (a DIAG model is a FULL one whose blocks are scaled
-        identities). Where its own model has a heavy tail, it also continues that
+        identities); for DIAG also FULL's of the same depth as it stands then, projected
+        onto DIAG (`projected`). Where its own model has a heavy tail, it also continues that
         model, in a second run: continuing sometimes keeps a tail and sometimes trains
         it away. Where the budget's `regrown` fields match, it also continues the tame
         shallower model grown as they say (the laptop's DIAG: below the last layer). A
@@ -85,8 +87,9 @@ class Reproduction(Sweep):
         variant, layers, noise = key
         mean = lambda k: self.metrics[k]["validation"][self.metrics[k]["seed"]]["mean"]
         candidates = self.candidates(key)
-        tame = [k for k in [key] + candidates if k in self.metrics and not self.tailed(k)]
-        lowest = [min(tame, key=mean)] if tame else []  # the first of equals: the cell's own model
+        checks = {k: (mean(k), self.tailed(k)) for k in [key] + candidates if k in self.metrics} | self.projected(key)
+        tame = [k for k, (_, tailed) in checks.items() if not tailed]
+        lowest = [min(tame, key=lambda k: checks[k][0])] if tame else []  # the first of equals: the cell's own model
         starts = [(k, fields) for k in lowest + ([key] if m["usable"] and key not in tame else [])]
         regrown = matching(self.plan.regrown, variant, layers, noise=noise)
         if regrown and candidates[0] in tame:
@@ -101,6 +104,27 @@ class Reproduction(Sweep):
         DIAG's of the same depth. Their continuations are decided first (`Sweep.waves`)."""
         variant, layers, noise = key
         return [(variant, layers - 1, noise)] + ([("diag", layers, noise)] if variant == "full" else [])
+
+    def projected(self, key) -> dict:
+        """For a DIAG cell, {FULL's key of the same depth: (validation mean, heavy
+        tail)} of FULL's chosen model projected onto DIAG (`params.as_diag`), on the
+        cell's own validation and tail sets; {} for other cells, or where FULL's has
+        no usable model. FULL decides after DIAG (`candidates`), so this is FULL's model
+        before its continuations: where FULL's shallow models are DIAG ones in all but
+        name, the projection can be the better DIAG start (docs/training.md)."""
+        variant, layers, noise = key
+        peer = ("full", layers, noise)
+        if variant != "diag" or peer not in self.metrics or not self.metrics[peer]["usable"]:
+            return {}
+        name = (key, run_name(self.chosen_run(peer)))
+        if name not in self._projected:
+            c = self.configs[key]
+            model = jax.tree.map(lambda a: a[None], as_diag(self.params(peer)))
+            (v,), _ = evaluate_models(model, data_key(c.seed, c.noise, "validation"), c.noise, c.validation_sequences,
+                                      c.n)
+            (t,) = tail_evaluations(model, c.seed, c.noise, c.tail_sequences, c.n, c.screen_sequences)
+            self._projected[name] = (v.mean, heavy_tailed(v, c.d) or heavy_tailed(t, c.d))
+        return {peer: self._projected[name]}
 
     def train(self, keys: set) -> None:
         """Train every cell in `keys` not yet trained (see `Sweep.train`)."""

@@ -28,7 +28,7 @@ import numpy as np
 from .config import TrainConfig
 from .engine import TrainState, grown, init_state
 from .io import atomic_write, load_npz, read_arrays, read_json, writable_directory
-from .params import Params, as_full, check_params
+from .params import Params, as_diag, as_full, check_params
 from .provenance import environment
 
 CHECKPOINT, CONFIG, METRICS, MODEL, SEEDS = "checkpoint.npz", "config.json", "metrics.json", "model.npz", "seeds.npz"
@@ -169,7 +169,8 @@ def continuation_start(config: TrainConfig, parent: Path) -> tuple[TrainState, n
     """The (state, no losses yet) a continuation starts from: the final seeds of the
     finished run `parent`, a fresh optimiser state (engine.init_state). A parent one
     layer shallower than the config is grown by a layer (engine.grown); a
-    DIAG or GD++ parent of a FULL config becomes the FULL model it is (params.as_full)."""
+    DIAG or GD++ parent of a FULL config becomes the FULL model it is (params.as_full),
+    and a FULL parent of a DIAG config the DIAG model nearest it (params.as_diag)."""
     if not (parent / MANIFEST).exists():
         raise ValueError(f"{parent} is not a finished run, so the run that continues it cannot start")
     files = read_json(parent / MANIFEST, ("config_hash", "files"))["files"]
@@ -179,6 +180,8 @@ def continuation_start(config: TrainConfig, parent: Path) -> tuple[TrainState, n
     seeds = load_seeds(parent / SEEDS)
     if config.variant == "full" and seeds.variant != "full":
         seeds = as_full(seeds)
+    elif config.variant == "diag" and seeds.variant == "full":
+        seeds = as_diag(seeds)
     if seeds.p.ndim > 1 and seeds.p.shape[1] == config.layers - 1:
         seeds = grown(config, seeds)
     return init_state(config, seeds), np.zeros((config.seeds, 0), np.float32)
