@@ -81,7 +81,7 @@ BUDGETS: dict[str, Budget] = {
     "laptop": Budget(
         dict(steps=2000, batch=512, seeds=1),
         # DIAG-7 needs more steps to reach the paper's uniform:5 number on fresh data.
-        # The 3-layer models hold most heavy tails: theirs train stratified and spiked from the start.
+        # The 2- and 3-layer models hold most heavy tails: theirs train stratified and spiked from the start.
         overrides=(*PRECONDITIONED, (("diag",), (7,), dict(steps=4000)), (("full", "diag", "gdpp"), (2, 3), STRATIFIED),
                    *EDGE, *LONG, SCREENED),
         # Deeper models' stratified retries break more often than they help (log/2026-12-03-tails.md).
