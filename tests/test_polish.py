@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import lticl.train
-from lticl.train import _checked, _polished_where_better
+from lticl.train import checked, _polished_where_better
 from lticl.config import TrainConfig
 from lticl.engine import init_state
 from lticl.experiments import BUDGETS, budget_fields, matching
@@ -112,9 +112,9 @@ def test_each_seed_keeps_adams_model_or_the_polished_one_as_validation_and_tail_
     for k, source in ((0, polished_too), (1, stacked)):
         for a, b in zip(jax.tree.leaves(kept), jax.tree.leaves(source)):
             np.testing.assert_array_equal(np.asarray(a[k]), np.asarray(b[k]))
-    v_kept, t_kept = _checked(config, kept)
+    v_kept, t_kept = checked(config, kept)
     assert validation == v_kept and tails == t_kept
-    v_start, _ = _checked(config, stacked)
+    v_start, _ = checked(config, stacked)
     assert validation[0].mean < v_start[0].mean
 
 

@@ -28,9 +28,10 @@ from .params import Params, as_diag
 from .noise import Fixed
 from .paper import PAPER_D, PAPER_N
 from .rundir import run_name, write_json
-from .selection import evaluate_models, heavy_tailed, in_background, tail_evaluations
+from .selection import heavy_tailed, in_background
 from .sweep import Sweep, curve_figures, result_row, write_results
 from .table1 import training_verdict
+from .train import checked
 from .tasks import data_key, sample_tasks, stack_chunks, task_chunks
 
 
@@ -120,9 +121,7 @@ class Reproduction(Sweep):
         if name not in self._projected:
             c = self.configs[key]
             model = jax.tree.map(lambda a: a[None], as_diag(self.params(peer)))
-            (v,), _ = evaluate_models(model, data_key(c.seed, c.noise, "validation"), c.noise, c.validation_sequences,
-                                      c.n)
-            (t,) = tail_evaluations(model, c.seed, c.noise, c.tail_sequences, c.n, c.screen_sequences)
+            (v,), (t,) = checked(c, model)
             self._projected[name] = (v.mean, heavy_tailed(v, c.d) or heavy_tailed(t, c.d))
         return {peer: self._projected[name]}
 

@@ -69,7 +69,7 @@ def _check_alive(configs: list[TrainConfig], bounds: np.ndarray, recoveries: np.
         )
 
 
-def _checked(c: TrainConfig, all_params: Params) -> tuple[list[Evaluation], list[Evaluation]]:
+def checked(c: TrainConfig, all_params: Params) -> tuple[list[Evaluation], list[Evaluation]]:
     """K stacked models' evaluations on the validation and tail sets of config c."""
     validation, _ = evaluate_models(all_params, data_key(c.seed, c.noise, "validation"), c.noise,
                                     c.validation_sequences, c.n)
@@ -82,11 +82,11 @@ def _polished_where_better(c: TrainConfig, adam: Params
     prefers on validation and tail sets: the polish trades a little of the mean for
     the tail, which a tame model does not need. With their evaluations, and per seed
     whether the polished model was kept."""
-    validation, tails = _checked(c, adam)
+    validation, tails = checked(c, adam)
     both = polished(c, adam)
     if both is adam:
         return adam, validation, tails, (False,) * len(validation)
-    v_polished, t_polished = _checked(c, both)
+    v_polished, t_polished = checked(c, both)
     keep = []
     for k in range(len(validation)):
         pair = [validation[k], v_polished[k]], None, [tails[k], t_polished[k]]
