@@ -23,10 +23,12 @@ from lticl.paper import paper_value
 from lticl.params import as_diag, as_full
 from lticl.reproduce import Reproduction
 from lticl.rundir import MODEL, SEEDS, config_hash, continuation_start, load_seeds, run_name
-from lticl.runs import run
+from lticl.metrics import Evaluation
+from lticl.runs import origin, run
 from lticl.sweep import Sweep
 from lticl.selection import tail_limit
 from lticl.table1 import gdpp_bound, verdict
+from lticl.train import checked
 
 TINY = dict(d=3, n=8, batch=64, steps=40, chunk=10, seeds=2, validation_sequences=500, evaluation_sequences=500,
             tail_sequences=2000)
@@ -87,6 +89,40 @@ def test_a_continuation_starts_from_its_parent_and_is_deterministic(tmp_path):
         f.write(b"\0")
     with pytest.raises(ValueError, match="differs from the file its run wrote"):
         continuation_start(child, tmp_path / "a" / run_name(parent))
+
+
+@pytest.mark.slow
+def test_a_continuation_is_never_worse_than_its_start_on_validation_and_tail_sets(tmp_path):
+    parent = TrainConfig("diag", 2, "uniform:2", **TINY)
+    recorded = run(parent, tmp_path / run_name(parent))
+    start = load_seeds(tmp_path / run_name(parent) / SEEDS)
+    v0, t0 = checked(parent, start)  # a continuation's validation and tail sets are its parent's
+    charged = lambda v, t: v.mean + t.worst / parent.tail_sequences  # what select_best compares
+    started = {}
+    for lr in (3.0, 1e-3):  # training on that wrecks the models, and training on that may help
+        child = replace(parent, continues=run_name(parent), first_seed=2, steps=30, lr=lr)
+        m = run(child, tmp_path / run_name(child))
+        seeds = load_seeds(tmp_path / run_name(child) / SEEDS)
+        started[lr] = m["started"]
+        for k in range(child.seeds):
+            v, t = Evaluation(**m["validation"][k]), Evaluation(**m["tail"][k])
+            assert charged(v, t) <= charged(v0[k], t0[k]) * (1 + 1e-9)
+            if m["started"][k]:  # the start itself, bit for bit, and its evaluations
+                np.testing.assert_array_equal(seeds.p[k], start.p[k])
+                np.testing.assert_array_equal(seeds.q[k], start.q[k])
+                assert v.mean == pytest.approx(v0[k].mean, rel=1e-9) and t.worst == pytest.approx(t0[k].worst, rel=1e-9)
+            else:
+                assert not np.array_equal(seeds.p[k], start.p[k])
+    assert started[3.0] == [True, True] and started[1e-3] != [True, True]
+    # the parent's own models on the same sets: their evaluations are the parent's; a FULL continuation
+    # of them is evaluated afresh, and keeps them as the FULL models they are
+    assert origin(child, tmp_path).checks == tuple([Evaluation(**e) for e in recorded[f]] for f in ("validation", "tail"))
+    full = replace(parent, variant="full", continues=run_name(parent), first_seed=2, steps=30, lr=3.0)
+    assert origin(full, tmp_path).checks is None
+    m = run(full, tmp_path / run_name(full))
+    assert m["started"] == [True, True]
+    np.testing.assert_array_equal(load_seeds(tmp_path / run_name(full) / SEEDS).p, as_full(start).p)
+    assert [v["mean"] for v in m["validation"]] == pytest.approx([v.mean for v in v0], rel=1e-5)
 
 
 # A sweep that continues every key once: the sweep phase as a Reproduction uses it.
@@ -222,6 +258,22 @@ def test_a_cell_continues_when_it_misses_on_validation_and_never_reads_its_evalu
     projected[("diag", 5, "uniform:4")] = (paper * 1.3, False)
     assert starts(("diag", 5, "uniform:4")) == [run_name(diag)]
     projected.clear()
+    # the same variant and depth's model on a setting of the same largest noise level (evaluated on the
+    # cell's own sets) starts the cell where it is tame and lowest there
+    u3, c13, c135 = ("full", 5, "uniform:3"), ("full", 5, "categorical:1,3"), ("full", 5, "categorical:1,3,5")
+    p3 = paper_value("full", "uniform:3", 5)
+    own, sibling = _cell(rep, u3, p3 * 1.2), _cell(rep, c13, p3 * 2)  # c13's own validation mean is not comparable
+    _cell(rep, c135, p3 * 0.5)
+    seen, asked = {}, []
+    rep._on_own_sets = lambda k, peers, model: (asked.append((k, peers)), {p: seen[p] for p in peers if p in seen})[1]
+    assert starts(u3) == [run_name(own)] and (u3, [c13]) in asked
+    seen[c13] = (p3 * 1.1, False)
+    assert starts(u3) == [run_name(sibling)]
+    seen[c13] = (p3 * 1.1, True)
+    assert starts(u3) == [run_name(own)]  # heavy-tailed on the cell's sets
+    seen[c13] = (p3 * 1.3, False)
+    assert starts(u3) == [run_name(own)]
+    assert rep.siblings(c135) == {} and rep.siblings(("diag", 5, "uniform:3")) == {}
     # a DIAG cell also continues its tame shallower model grown below the last layer (the budget's regrown)
     below = _cell(rep, ("diag", 4, "uniform:4"), paper * 1.3)
     _cell(rep, ("diag", 5, "uniform:4"), paper * 1.2)
@@ -258,6 +310,16 @@ def test_a_diag_cell_reads_fulls_model_projected_on_its_own_validation_and_tail_
     assert rep.projected(peer) == {} and rep.projected(("gdpp", 2, "uniform:2")) == {}
     rep.metrics[peer] = {**m, "usable": False}
     assert rep.projected(key) == {}  # no usable FULL model
+    # the same model as DIAG's on a setting of the same largest noise level (`siblings`): on the cell's
+    # own validation set it has the mean the cell's run recorded
+    sibling = ("diag", 2, "categorical:1,2")
+    assert rep.siblings(key) == {}
+    other = replace(config, noise="categorical:1,2")
+    rep.configs[sibling], rep.metrics[sibling], rep.runs[sibling] = other, m, [(config, m)]
+    rep.params = lambda k: load_npz(tmp_path / run_name(config) / MODEL) if k == sibling else None
+    (got, tailed), = rep.siblings(key).values()
+    assert got == pytest.approx(m["validation"][m["seed"]]["mean"], rel=1e-5) and tailed is False
+    assert list(rep.siblings(key)) == [sibling] and rep.siblings(("diag", 2, "uniform:3")) == {}
 
 
 def test_a_cell_decides_its_continuation_after_the_cells_it_may_start_from(tmp_path):

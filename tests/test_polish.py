@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import lticl.train
-from lticl.train import checked, _polished_where_better
+from lticl.train import checked, _kept
 from lticl.config import TrainConfig
 from lticl.engine import init_state
 from lticl.experiments import BUDGETS, budget_fields, matching
@@ -106,8 +106,8 @@ def test_each_seed_keeps_adams_model_or_the_polished_one_as_validation_and_tail_
     and which one it kept."""
     config = TrainConfig("diag", 3, "uniform:5", **SMALL, polish=8)
     stacked = _heavy_and_tame(config)
-    kept, validation, tails, flags = _polished_where_better(config, stacked)
-    assert flags == (True, False)
+    kept, validation, tails, flags, started = _kept(config, stacked, None)
+    assert flags == (True, False) and started == (False, False)
     polished_too = polished(config, stacked)
     for k, source in ((0, polished_too), (1, stacked)):
         for a, b in zip(jax.tree.leaves(kept), jax.tree.leaves(source)):

@@ -103,7 +103,8 @@ class TrainConfig:
     first_seed: int = _data(0)
     # A continuation: the name of a finished run in the same runs folder whose final
     # seeds are this run's start, in place of `init`, with a fresh optimiser state and
-    # schedule; its seeds first_seed … give it data streams of its own. "" for none.
+    # schedule; its seeds first_seed … give it data streams of its own; each seed keeps
+    # its start where training on did not help (train.train_group's origins). "" for none.
     # (rundir.prepare loads the seeds.)
     continues: str = _data("")
     # Where a continuation's parent is one layer shallower: False adds a GD layer on top

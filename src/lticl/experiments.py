@@ -61,11 +61,15 @@ EDGE = ((("gdpp", "diag"), (4, 5), EDGE_SPIKE, ("uniform:0", "uniform:1", "unifo
 # half the learning rate (at the full one long runs roll back), bring it closer to the
 # paper: 5–7 layers on the noisiest settings, FULL-5 on uniform:5 and FULL-3, which at
 # 2,000 steps lands on DIAG-3's numbers. FULL-6 and FULL-7 keep the budget's run on
-# uniform:5: FULL-7 diverged there even at half the rate (docs/training.md).
+# uniform:5: FULL-7 diverged there even at half the rate (docs/training.md). FULL-6 on
+# categorical:1,3 still moves at 8,000 steps; at 16,000 it gets a heavy tail, which the
+# polish by its own loss (as in FULL's continuations) takes down.
 LONG_RUN = dict(steps=8000, lr=1.5e-3)
+OWN_POLISH = dict(polish=10, polish_score="own", polish_pool=200_000)
 LONG = ((("full",), (5, 6, 7), LONG_RUN, ("uniform:6", "uniform:7", "categorical:1,3", "categorical:1,3,5")),
         (("full",), (5,), LONG_RUN, ("uniform:5",)),
-        (("full",), (3,), LONG_RUN, ("uniform:0", "uniform:3", "categorical:1,3")))
+        (("full",), (3,), LONG_RUN, ("uniform:0", "uniform:3", "categorical:1,3")),
+        (("full",), (6,), dict(steps=16_000, **OWN_POLISH), ("categorical:1,3",)))
 
 # FULL is not rotation-equivariant: it can blow up along a direction of its own that
 # the tail set, ranked by a score of the data alone, misses. Each FULL seed's tail set
@@ -92,7 +96,7 @@ BUDGETS: dict[str, Budget] = {
         # own loss, where FULL blows up (FULL-6 categorical:1,3; docs/log/2026-12-04-polish.md);
         # the 3-layer entry comes last and wins.
         continuation=((VARIANTS, range(1, MAX_LAYERS + 1), dict(steps=2000, lr=1e-3)),
-                      (("full",), range(1, MAX_LAYERS + 1), dict(polish=10, polish_score="own", polish_pool=200_000)),
+                      (("full",), range(1, MAX_LAYERS + 1), OWN_POLISH),
                       (VARIANTS, (3,), dict(polish=30, polish_score="tail", polish_pool=4_000_000))),
         # DIAG's preconditioned models end in a big GD step; a layer grown above it stays idle.
         regrown=((("diag",), range(3, MAX_LAYERS + 1), dict(grow_below=True)),)),

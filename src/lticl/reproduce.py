@@ -25,7 +25,7 @@ from .experiments import BASELINES, budget, budget_config, matching
 from .io import read_json
 from .metrics import evaluate, evaluate_baselines, layer_adjusted_losses, tune_baselines
 from .params import Params, as_diag
-from .noise import Fixed
+from .noise import Fixed, as_noise
 from .paper import PAPER_D, PAPER_N
 from .rundir import run_name, write_json
 from .selection import heavy_tailed, in_background
@@ -46,7 +46,7 @@ class Reproduction(Sweep):
         self.budget, self.seed, self.overrides = budget_name, seed, overrides
         self.baselines_ahead: tuple = ()  # settings whose baseline rows `prefetch` computes in the background
         self._ahead: Future | None = None
-        self._projected: dict = {}  # `projected`'s evaluations, by cell and FULL's run
+        self._foreign: dict = {}  # `projected`'s and `siblings`' evaluations, by cell and the other's run
 
     def config(self, variant: str, layers: int, noise: str) -> TrainConfig:
         """A cell's first run."""
@@ -71,12 +71,15 @@ class Reproduction(Sweep):
         the same variant's one layer shallower, grown by a layer, and, for FULL, DIAG's
         of the same depth (a DIAG model is a FULL one whose blocks are scaled
         identities); for DIAG also FULL's of the same depth as it stands then, projected
-        onto DIAG (`projected`). Where its own model has a heavy tail, it also continues that
+        onto DIAG (`projected`), and for every cell the same variant and depth's on the
+        settings of the same largest noise level (`siblings`), these two evaluated on the
+        cell's own sets. Where its own model has a heavy tail, it also continues that
         model, in a second run: continuing sometimes keeps a tail and sometimes trains
         it away. Where the budget's `regrown` fields match, it also continues the tame
         shallower model grown as they say (the laptop's DIAG: below the last layer). A
         GD++ cell whose paper value lies below the bound is not continued, nor is a cell
-        with no usable model to start from."""
+        with no usable model to start from. Each seed of a continuation keeps its start
+        where training on did not help (`train.train_group`'s origins)."""
         fields = matching(self.plan.continuation, *key[:2], noise=key[2])
         m = self.metrics[key]
         if not fields:
@@ -88,7 +91,8 @@ class Reproduction(Sweep):
         variant, layers, noise = key
         mean = lambda k: self.metrics[k]["validation"][self.metrics[k]["seed"]]["mean"]
         candidates = self.candidates(key)
-        checks = {k: (mean(k), self.tailed(k)) for k in [key] + candidates if k in self.metrics} | self.projected(key)
+        checks = ({k: (mean(k), self.tailed(k)) for k in [key] + candidates if k in self.metrics}
+                  | self.projected(key) | self.siblings(key))
         tame = [k for k, (_, tailed) in checks.items() if not tailed]
         lowest = [min(tame, key=lambda k: checks[k][0])] if tame else []  # the first of equals: the cell's own model
         starts = [(k, fields) for k in lowest + ([key] if m["usable"] and key not in tame else [])]
@@ -115,15 +119,36 @@ class Reproduction(Sweep):
         name, the projection can be the better DIAG start (docs/training.md)."""
         variant, layers, noise = key
         peer = ("full", layers, noise)
-        if variant != "diag" or peer not in self.metrics or not self.metrics[peer]["usable"]:
-            return {}
-        name = (key, run_name(self.chosen_run(peer)))
-        if name not in self._projected:
-            c = self.configs[key]
-            model = jax.tree.map(lambda a: a[None], as_diag(self.params(peer)))
-            (v,), (t,) = checked(c, model)
-            self._projected[name] = (v.mean, heavy_tailed(v, c.d) or heavy_tailed(t, c.d))
-        return {peer: self._projected[name]}
+        return self._on_own_sets(key, [peer], as_diag) if variant == "diag" else {}
+
+    def siblings(self, key) -> dict:
+        """{key: (validation mean, heavy tail)} of the chosen models of the same variant
+        and depth on the other settings with the same largest noise level (uniform:3
+        and categorical:1,3), on the cell's own validation and tail sets, as they stand
+        when the cell decides (they decide in the same wave). A categorical setting
+        trains a model to tell its noise levels apart, which on the uniform setting
+        of the same range FULL does not learn from its own batches (FULL-3 uniform:3,
+        docs/training.md)."""
+        variant, layers, noise = key
+        top = as_noise(noise).sigma_max
+        peers = [k for k in self.metrics if k[:2] == key[:2] and k != key and as_noise(k[2]).sigma_max == top]
+        return self._on_own_sets(key, peers, lambda params: params)
+
+    def _on_own_sets(self, key, peers: list, model: Callable[[Params], Params]) -> dict:
+        """{peer: (validation mean, heavy tail)} of model(each usable peer's chosen
+        model), evaluated on the cell's own validation and tail sets (`train.checked`),
+        once per cell and peer's run."""
+        found = {}
+        for peer in peers:
+            if peer not in self.metrics or not self.metrics[peer]["usable"]:
+                continue
+            name = (key, run_name(self.chosen_run(peer)))
+            if name not in self._foreign:
+                c = self.configs[key]
+                (v,), (t,) = checked(c, jax.tree.map(lambda a: a[None], model(self.params(peer))))
+                self._foreign[name] = (v.mean, heavy_tailed(v, c.d) or heavy_tailed(t, c.d))
+            found[peer] = self._foreign[name]
+        return found
 
     def train(self, keys: set) -> None:
         """Train every cell in `keys` not yet trained (see `Sweep.train`)."""

@@ -165,12 +165,12 @@ def load_seeds(path: Path) -> Params:
     return params
 
 
-def continuation_start(config: TrainConfig, parent: Path) -> tuple[TrainState, np.ndarray]:
-    """The (state, no losses yet) a continuation starts from: the final seeds of the
-    finished run `parent`, a fresh optimiser state (engine.init_state). A parent one
-    layer shallower than the config is grown by a layer (engine.grown); a
-    DIAG or GD++ parent of a FULL config becomes the FULL model it is (params.as_full),
-    and a FULL parent of a DIAG config the DIAG model nearest it (params.as_diag)."""
+def continuation_seeds(config: TrainConfig, parent: Path) -> Params:
+    """The models a continuation starts from: the final seeds of the finished run
+    `parent`. A parent one layer shallower than the config is grown by a layer
+    (engine.grown); a DIAG or GD++ parent of a FULL config becomes the FULL model it is
+    (params.as_full), and a FULL parent of a DIAG config the DIAG model nearest it
+    (params.as_diag)."""
     if not (parent / MANIFEST).exists():
         raise ValueError(f"{parent} is not a finished run, so the run that continues it cannot start")
     files = read_json(parent / MANIFEST, ("config_hash", "files"))["files"]
@@ -184,7 +184,13 @@ def continuation_start(config: TrainConfig, parent: Path) -> tuple[TrainState, n
         seeds = as_diag(seeds)
     if seeds.p.ndim > 1 and seeds.p.shape[1] == config.layers - 1:
         seeds = grown(config, seeds)
-    return init_state(config, seeds), np.zeros((config.seeds, 0), np.float32)
+    return seeds
+
+
+def continuation_start(config: TrainConfig, parent: Path) -> tuple[TrainState, np.ndarray]:
+    """The (state, no losses yet) a continuation starts from: `continuation_seeds`,
+    with a fresh optimiser state (engine.init_state)."""
+    return init_state(config, continuation_seeds(config, parent)), np.zeros((config.seeds, 0), np.float32)
 
 
 # ---------------------------------------------------------------------- the directory as a unit

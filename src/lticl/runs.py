@@ -18,12 +18,12 @@ import numpy as np
 
 from .config import TrainConfig
 from .curves import CURVE, curve, write_curve
-from .io import save_npz
+from .io import read_json, save_npz
 from .metrics import Evaluation
-from .rundir import (CHECKPOINT, METRICS, MODEL, SEEDS, finish, prepare, previous_start, save_checkpoint, save_seeds,
-                     write_json)
+from .rundir import (CHECKPOINT, CONFIG, METRIC_KEYS, METRICS, MODEL, SEEDS, continuation_seeds, finish, prepare,
+                     previous_start, save_checkpoint, save_seeds, write_json)
 from .selection import select_best, tail_limit
-from .train import TrainResult, train_group
+from .train import Origin, TrainResult, train_group
 
 
 def metrics_of(result: TrainResult, seconds: float) -> dict:
@@ -41,6 +41,7 @@ def metrics_of(result: TrainResult, seconds: float) -> dict:
         "validation": [v.to_dict() for v in result.validation],
         "tail": [v.to_dict() for v in result.tail],
         "polished": list(result.polished),
+        "started": list(result.started),
         "seconds": seconds,
     }
 
@@ -48,7 +49,7 @@ def metrics_of(result: TrainResult, seconds: float) -> dict:
 def combine_runs(runs: list[dict], d: int, pool: float) -> dict:
     """One config's metrics over runs of consecutive seeds (`first_seed`, in order):
     those of the run whose chosen seed `train.select_best` prefers, with the per-seed
-    lists (validation, tail, recoveries, skipped steps, polished) joined and `seed` indexing
+    lists (validation, tail, recoveries, skipped steps, polished, started) joined and `seed` indexing
     them; `pool`: the sequences a tail set is drawn from (`select_best`). Each run
     chose by the same rule, so this is the seed it would choose among all of them at
     once."""
@@ -61,8 +62,9 @@ def combine_runs(runs: list[dict], d: int, pool: float) -> dict:
         best = 0
     joined = {field: [x for m in runs for x in m[field]]
               for field in ("validation", "tail", "recoveries", "skipped_steps")}
-    # runs written before the polish was recorded: none of their seeds was polished
-    joined["polished"] = [x for m in runs for x in m.get("polished", [False] * len(m["validation"]))]
+    # runs written before the polish (the kept start) was recorded: none of their seeds was polished (kept it)
+    for field in ("polished", "started"):
+        joined[field] = [x for m in runs for x in m.get(field, [False] * len(m["validation"]))]
     return {**runs[best], **joined, "seed": sum(len(m["validation"]) for m in runs[:best]) + runs[best]["seed"]}
 
 
@@ -87,8 +89,9 @@ def run_group(runs: list[tuple[TrainConfig, Path]], resume: bool = True,
         def on_chunk(j, state, losses, members=members):
             save_checkpoint(Path(runs[members[j]][1]) / CHECKPOINT, runs[members[j]][0], state, losses)
 
+        origins = [origin(runs[i][0], Path(runs[i][1]).parent) for i in members]
         results = train_group([runs[i][0] for i in members], progress, [prepared[i][1] for i in members], on_chunk,
-                              stop_on_failure)
+                              stop_on_failure, origins)
         seconds = (time.perf_counter() - started) / len(members)
         for i, result in zip(members, results):
             directory = Path(runs[i][1])
@@ -100,6 +103,26 @@ def run_group(runs: list[tuple[TrainConfig, Path]], resume: bool = True,
             finish(directory, runs[i][0])
             prepared[i] = (metrics, None)
     return [metrics for metrics, _ in prepared]
+
+
+# What `train.checked` reads of a config besides the models: configs alike in these share
+# validation and tail sets.
+CHECKED = ("d", "n", "seed", "noise", "validation_sequences", "tail_sequences", "screen_sequences")
+
+
+def origin(config: TrainConfig, runs_dir: Path) -> Origin | None:
+    """For a continuation, the models it starts from (rundir.continuation_seeds), with
+    its parent's evaluations of them where the parent's are the same models on the same
+    validation and tail sets (a cell's own model: no layer grown, no other variant)."""
+    if not config.continues:
+        return None
+    parent_dir = runs_dir / config.continues
+    seeds = continuation_seeds(config, parent_dir)
+    parent, mine = read_json(parent_dir / CONFIG, ("config",))["config"], config.to_dict()
+    if any(parent.get(f) != mine[f] for f in ("variant", "layers", *CHECKED)):
+        return Origin(seeds)
+    m = read_json(parent_dir / METRICS, METRIC_KEYS)
+    return Origin(seeds, tuple([Evaluation(**e) for e in m[field]] for field in ("validation", "tail")))
 
 
 def _step(start) -> int:

@@ -39,9 +39,18 @@ class TrainResult(NamedTuple):
     oracle_loss: Evaluation
     usable: bool = True  # False: every seed failed or has non-finite validation losses
     polished: tuple[bool, ...] = ()  # per seed, whether it kept the polished model over Adam's (lticl.polish)
+    started: tuple[bool, ...] = ()  # per seed, whether a continuation kept the model it started from
 
 
 Start = tuple[TrainState, np.ndarray]  # a state and the losses so far, (K, steps done)
+
+
+class Origin(NamedTuple):
+    """The models a continuation started from (rundir.continuation_seeds), and where
+    they were evaluated on the same validation and tail sets already (its parent's
+    own models), those evaluations, per seed."""
+    params: Params
+    checks: tuple[list[Evaluation], list[Evaluation]] | None = None
 
 
 def _begin(configs: list[TrainConfig], starts: list[Start | None]) -> tuple[list[Start], int]:
@@ -76,33 +85,44 @@ def checked(c: TrainConfig, all_params: Params) -> tuple[list[Evaluation], list[
     return validation, tail_evaluations(all_params, c.seed, c.noise, c.tail_sequences, c.n, c.screen_sequences)
 
 
-def _polished_where_better(c: TrainConfig, adam: Params
-                           ) -> tuple[Params, list[Evaluation], list[Evaluation], tuple[bool, ...]]:
-    """Each seed as Adam left it or polished (lticl.polish), whichever `select_best`
-    prefers on validation and tail sets: the polish trades a little of the mean for
-    the tail, which a tame model does not need. With their evaluations, and per seed
-    whether the polished model was kept."""
-    validation, tails = checked(c, adam)
+def _kept(c: TrainConfig, adam: Params, start: Origin | None
+          ) -> tuple[Params, list[Evaluation], list[Evaluation], tuple[bool, ...], tuple[bool, ...]]:
+    """Each seed as Adam left it, polished (lticl.polish), or, for a continuation, as
+    it started (`start`), whichever `select_best` prefers on validation and tail sets:
+    the polish trades a little of the mean for the tail, which a tame model does not
+    need, and training on sometimes gives a tail, or a higher mean, that its start
+    did not have (a continuation is then never worse than its start). With their
+    evaluations, and per seed whether the polished model, and whether the start, was kept."""
+    options = [adam]
     both = polished(c, adam)
-    if both is adam:
-        return adam, validation, tails, (False,) * len(validation)
-    v_polished, t_polished = checked(c, both)
+    if both is not adam:
+        options.append(both)
+    checks = [checked(c, o) for o in options]
+    if start is not None:
+        options.append(jax.tree.map(lambda a, b: jnp.asarray(a, b.dtype), start.params, adam))
+        checks.append(start.checks or checked(c, options[-1]))
     keep = []
-    for k in range(len(validation)):
-        pair = [validation[k], v_polished[k]], None, [tails[k], t_polished[k]]
+    for k in range(c.seeds):
         try:
-            keep.append(select_best(*pair, tail_limit(c.d), c.tail_sequences) == 1)
-        except RuntimeError:  # neither is usable
-            keep.append(False)
-    pick = lambda a, b: jnp.where(jnp.asarray(keep).reshape((-1,) + (1,) * (a.ndim - 1)), b, a)
-    choose = lambda x, y: [b if kept else a for a, b, kept in zip(x, y, keep)]
-    return jax.tree.map(pick, adam, both), choose(validation, v_polished), choose(tails, t_polished), tuple(keep)
+            keep.append(select_best([v[k] for v, _ in checks], None, [t[k] for _, t in checks], tail_limit(c.d),
+                                    c.tail_sequences))
+        except RuntimeError:  # none is usable
+            keep.append(0)
+    chosen = jnp.asarray(keep)
+    pick = lambda *leaves: jnp.choose(chosen.reshape((-1,) + (1,) * (leaves[0].ndim - 1)), leaves, mode="clip")
+    params = jax.tree.map(pick, *options)
+    choose = lambda i: [checks[j][i][k] for k, j in enumerate(keep)]
+    is_polished = tuple(both is not adam and j == 1 for j in keep)
+    is_start = tuple(start is not None and j == len(options) - 1 for j in keep)
+    return params, choose(0), choose(1), is_polished, is_start
 
 
-def _result(c: TrainConfig, adam: Params, losses: np.ndarray, rec: np.ndarray, skip: np.ndarray) -> TrainResult:
-    """Polish one config's seeds where that helps, select its best seed on validation
-    and tail sets, and evaluate it."""
-    all_params, validation, tails, kept_polished = _polished_where_better(c, adam)
+def _result(c: TrainConfig, adam: Params, losses: np.ndarray, rec: np.ndarray, skip: np.ndarray,
+            start: Origin | None = None) -> TrainResult:
+    """Polish one config's seeds where that helps, keep a continuation's start where
+    training on did not help (`_kept`), select its best seed on validation and tail
+    sets, and evaluate it."""
+    all_params, validation, tails, kept_polished, kept_start = _kept(c, adam, start)
     # A seed that failed: rolled back too often, or never took a step (every one skipped).
     failed = (rec >= c.max_recoveries) | (skip >= losses.shape[1])
     try:
@@ -117,7 +137,7 @@ def _result(c: TrainConfig, adam: Params, losses: np.ndarray, rec: np.ndarray, s
                                             data_key(c.seed, c.noise, "evaluation"), c.noise,
                                             c.evaluation_sequences, c.n)
     return TrainResult(c, params, best, all_params, losses, rec, skip, validation, tails, evaluation, oracle, usable,
-                       kept_polished)
+                       kept_polished, kept_start)
 
 
 def prefetch_draws(configs: list[TrainConfig]) -> None:
@@ -135,6 +155,7 @@ def train_group(
     starts: list[Start | None] | None = None,
     on_chunk: Callable[[int, TrainState, np.ndarray], None] | None = None,
     stop_on_failure: bool = True,
+    origins: list[Origin | None] | None = None,
 ) -> list[TrainResult]:
     """Train several configs that share one program (`config.program`: same variant,
     shapes and optimiser; any noise setting and seed) side by side in one vmapped
@@ -143,6 +164,8 @@ def train_group(
     continues config i from (state, losses so far); `on_chunk(i, state, losses)`
     is called for each config after every chunk, with the state copied to the host
     (numpy arrays); `progress(step, last losses)` once per chunk.
+    `origins[i]`: the models config i started from, where it is a continuation, which
+    each seed keeps where training on did not help (`_kept`).
     When every seed of every config has failed, it raises, unless not
     `stop_on_failure` (a sweep): then those results come back unusable."""
     if not configs:
@@ -175,8 +198,9 @@ def train_group(
     state = gather(state, models)
     final, history = final_params(state), np.concatenate(losses, axis=1)
     rec, skip = np.asarray(state.recoveries), np.asarray(state.skipped)
+    origins = origins or [None] * len(configs)
     return [_result(c, parts(final, i), history[bounds[i]:bounds[i + 1]], rec[bounds[i]:bounds[i + 1]],
-                    skip[bounds[i]:bounds[i + 1]]) for i, c in enumerate(configs)]
+                    skip[bounds[i]:bounds[i + 1]], origins[i]) for i, c in enumerate(configs)]
 
 
 def train(
