@@ -129,8 +129,7 @@ class Reproduction(Sweep):
         trains a model to tell its noise levels apart, which on the uniform setting
         of the same range FULL does not learn from its own batches (FULL-3 uniform:3,
         docs/training.md)."""
-        variant, layers, noise = key
-        top = as_noise(noise).sigma_max
+        top = as_noise(key[2]).sigma_max
         peers = [k for k in self.metrics if k[:2] == key[:2] and k != key and as_noise(k[2]).sigma_max == top]
         return self._on_own_sets(key, peers, lambda params: params)
 

@@ -23,7 +23,7 @@ from .metrics import Evaluation
 from .rundir import (CHECKPOINT, CONFIG, METRIC_KEYS, METRICS, MODEL, SEEDS, continuation_seeds, finish, prepare,
                      previous_start, save_checkpoint, save_seeds, write_json)
 from .selection import select_best, tail_limit
-from .train import Origin, TrainResult, train_group
+from .train import CHECKED, Origin, TrainResult, train_group
 
 
 def metrics_of(result: TrainResult, seconds: float) -> dict:
@@ -103,11 +103,6 @@ def run_group(runs: list[tuple[TrainConfig, Path]], resume: bool = True,
             finish(directory, runs[i][0])
             prepared[i] = (metrics, None)
     return [metrics for metrics, _ in prepared]
-
-
-# What `train.checked` reads of a config besides the models: configs alike in these share
-# validation and tail sets.
-CHECKED = ("d", "n", "seed", "noise", "validation_sequences", "tail_sequences", "screen_sequences")
 
 
 def origin(config: TrainConfig, runs_dir: Path) -> Origin | None:

@@ -78,6 +78,11 @@ def _check_alive(configs: list[TrainConfig], bounds: np.ndarray, recoveries: np.
         )
 
 
+# What `checked` reads of a config besides the models: configs alike in these share
+# validation and tail sets.
+CHECKED = ("d", "n", "seed", "noise", "validation_sequences", "tail_sequences", "screen_sequences")
+
+
 def checked(c: TrainConfig, all_params: Params) -> tuple[list[Evaluation], list[Evaluation]]:
     """K stacked models' evaluations on the validation and tail sets of config c."""
     validation, _ = evaluate_models(all_params, data_key(c.seed, c.noise, "validation"), c.noise,
@@ -100,7 +105,7 @@ def _kept(c: TrainConfig, adam: Params, start: Origin | None
     checks = [checked(c, o) for o in options]
     if start is not None:
         options.append(jax.tree.map(lambda a, b: jnp.asarray(a, b.dtype), start.params, adam))
-        checks.append(start.checks or checked(c, options[-1]))
+        checks.append(start.checks if start.checks is not None else checked(c, options[-1]))
     keep = []
     for k in range(c.seeds):
         try:
