@@ -18,11 +18,11 @@ import pytest
 from lticl.config import TrainConfig
 from lticl.engine import init_state
 from lticl.experiments import BUDGETS, cells, matching
-from lticl.io import load_npz
+from lticl.io import load_npz, save_npz
 from lticl.paper import paper_value
 from lticl.params import as_diag, as_full
 from lticl.reproduce import Reproduction
-from lticl.rundir import MODEL, SEEDS, config_hash, continuation_start, load_seeds, run_name
+from lticl.rundir import MODEL, SEEDS, config_hash, continuation_start, load_seeds, run_name, save_seeds
 from lticl.metrics import Evaluation
 from lticl.runs import origin, run
 from lticl.sweep import Sweep
@@ -125,6 +125,31 @@ def test_a_continuation_is_never_worse_than_its_start_on_validation_and_tail_set
     assert [v["mean"] for v in m["validation"]] == pytest.approx([v.mean for v in v0], rel=1e-5)
 
 
+def test_a_model_evaluated_for_a_decision_is_not_evaluated_again_when_its_continuation_starts(tmp_path, monkeypatch):
+    """`train.checked` keeps its latest answers by the config's CHECKED fields and the
+    models' bytes: a start the reproduction evaluated on a cell's sets (read from the
+    run's model file) is the continuation's start (read from its seeds file), which
+    `train._kept` does not evaluate again."""
+    import lticl.train
+
+    calls = []
+    evaluate = lticl.train.evaluate_models
+    monkeypatch.setattr(lticl.train, "evaluate_models", lambda *a: (calls.append(a), evaluate(*a))[1])
+    for variant in ("full", "diag", "gdpp"):
+        config = TrainConfig(variant, 2, "uniform:2", **{**TINY, "seeds": 1})
+        models = jax.tree.map(lambda a: a * 1.01, init_state(config).params)
+        save_seeds(tmp_path / f"{variant}-{SEEDS}", models)
+        save_npz(jax.tree.map(lambda a: a[0], models), tmp_path / f"{variant}-{MODEL}")
+        calls.clear()
+        first = checked(config, jax.tree.map(lambda a: a[None], load_npz(tmp_path / f"{variant}-{MODEL}")))
+        assert checked(config, load_seeds(tmp_path / f"{variant}-{SEEDS}")) == first and len(calls) == 1
+        assert checked(replace(config, lr=1e-4, steps=7), models) == first and len(calls) == 1  # fields it does not read
+        changed = checked(config, jax.tree.map(lambda a: a * 1.5, models))
+        assert len(calls) == 2 and changed != first
+        checked(replace(config, validation_sequences=400), models)
+        assert len(calls) == 3
+
+
 # A sweep that continues every key once: the sweep phase as a Reproduction uses it.
 SCRIPT = """
 import sys
@@ -197,7 +222,7 @@ def test_a_cell_continues_when_it_misses_on_validation_and_never_reads_its_evalu
     key = ("full", 5, "uniform:4")
     paper = paper_value("full", "uniform:4", 5)
     config = _cell(rep, key, paper * 0.99)
-    assert rep.continuations(key) == []  # within on validation
+    assert rep.continuations(key) == [] and rep.foreseen(key) == []  # within on validation
     # within, charged with its tail set's worst too, but that worst is above the tame limit:
     # FULL's continuations end in the polish, so it continues from its own model; DIAG-5's do not
     heavy = 2 * tail_limit(config.d)
@@ -269,6 +294,13 @@ def test_a_cell_continues_when_it_misses_on_validation_and_never_reads_its_evalu
     assert starts(u3) == [run_name(own)] and (u3, [c13]) in asked
     seen[c13] = (p3 * 1.1, False)
     assert starts(u3) == [run_name(sibling)]
+    # what its continuations draw (tail set, polish sample) is known without evaluating any start
+    asked.clear()
+    ahead, = rep.foreseen(u3)
+    assert asked == [] and ahead == replace(own, **matching(BUDGETS["laptop"].continuation, "full", 5, noise=u3[2]))
+    drawn = ("seed", "noise", "n", "d", "tail_sequences", "stratum", "polish", "polish_score", "polish_pool",
+             "polish_sequences")
+    assert all(getattr(c, f) == getattr(ahead, f) for c in rep.continuations(u3) for f in drawn)
     seen[c13] = (p3 * 1.1, True)
     assert starts(u3) == [run_name(own)]  # heavy-tailed on the cell's sets
     seen[c13] = (p3 * 1.3, False)

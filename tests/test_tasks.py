@@ -175,3 +175,37 @@ def test_sampler_rejects_bad_input(kwargs, match):
     args = dict(key=jax.random.key(0), noise="uniform:1", batch=2, n=3, d=2) | kwargs
     with pytest.raises(ValueError, match=match):
         lticl.sample_tasks(**args)
+
+
+def test_kept_chunks_are_the_drawn_chunks_drawn_once_within_their_byte_budget(monkeypatch):
+    """Validation and evaluation sets are drawn once per process (`tasks.kept_chunks`):
+    the same chunks as a fresh draw, none drawn again while they fit in KEPT_BYTES, the
+    least recently used dropped first when they do not."""
+    import collections
+
+    import lticl.tasks as tasks
+
+    draws = []
+    draw = tasks.task_chunks
+    monkeypatch.setattr(tasks, "task_chunks", lambda key, *a, **k: (draws.append(key), draw(key, *a, **k))[1])
+    monkeypatch.setattr(tasks, "_kept", collections.OrderedDict())
+    keys = [data_key(0, "uniform:2", p) for p in ("validation", "evaluation", "tail")]
+    got = tasks.kept_chunks(keys[0], "uniform:2", CHUNK + 5, 8, 3)
+    fresh = list(draw(keys[0], "uniform:2", CHUNK + 5, 8, 3, whole=True))
+    assert len(got) == len(fresh) == 2
+    for a, b in zip(got, fresh):
+        jax.tree.map(np.testing.assert_array_equal, a, b)
+    assert tasks.kept_chunks(keys[0], "uniform:2", CHUNK + 5, 8, 3) is got and len(draws) == 1
+    tasks.kept_chunks(keys[0], "uniform:3", CHUNK + 5, 8, 3)  # another setting, other sequences
+    tasks.kept_chunks(keys[0], "uniform:2", CHUNK, 8, 3)  # another size
+    assert len(draws) == 3
+    size = sum(a.nbytes for a in jax.tree.leaves(got))
+    monkeypatch.setattr(tasks, "KEPT_BYTES", 2 * size)  # room for two of these sets
+    tasks._kept.clear()
+    for key in (keys[0], keys[1], keys[0], keys[2]):  # the third drops the least recently used: the second
+        tasks.kept_chunks(key, "uniform:2", CHUNK + 5, 8, 3)
+    assert len(draws) == 6
+    tasks.kept_chunks(keys[0], "uniform:2", CHUNK + 5, 8, 3)
+    assert len(draws) == 6
+    tasks.kept_chunks(keys[1], "uniform:2", CHUNK + 5, 8, 3)
+    assert len(draws) == 7

@@ -325,3 +325,28 @@ def test_use_cpu_cores_lets_a_late_core_wait_unless_told_otherwise(monkeypatch):
     monkeypatch.setenv("XLA_FLAGS", f"{flag}=5")
     use_cpu_cores()
     assert os.environ["XLA_FLAGS"] == f"{flag}=5"
+
+
+@pytest.mark.parametrize("settings", [["uniform:2"], ["uniform:1", "uniform:2", "uniform:3"]])
+def test_a_group_step_loop_compiled_ahead_is_not_compiled_again(settings):
+    """`engine.compile_ahead` compiles the program the group's first chunk runs, spread as
+    `devices.spread` places it (one model unsharded; three padded to four over the
+    cores): that call compiles nothing, where a chunk of another length does."""
+    from jax._src import dispatch, monitoring
+
+    from lticl.devices import spread
+    from lticl.engine import compile_ahead, concat
+
+    configs = [TrainConfig("diag", 2, s, **{**TINY, "steps": 14, "chunk": 7, "lr": 2.5e-3}) for s in settings]
+    compiled = []
+    listen = lambda event, seconds, **kw: compiled.append(kw.get("fun_name")) if event == dispatch.BACKEND_COMPILE_EVENT else None
+    compile_ahead(configs).result()
+    state = spread(concat([init_state(c) for c in configs]), len(configs))
+    monitoring.register_event_duration_secs_listener(listen)
+    try:
+        run_steps(configs[0], state, 7)
+        assert compiled == []
+        run_steps(configs[0], state, 5)
+        assert compiled == ["jit(_run_steps)"]
+    finally:
+        monitoring.unregister_event_duration_listener(listen)

@@ -63,12 +63,20 @@ def spread(tree, k: int):
     on (measured), and a group of one stays on one device unsharded: a config trained
     alone, or at another place in its group, ends on other parameters
     (docs/log/2026-12-05-hour.md)."""
+    pad, sharding = placement(k)
+    if sharding is None:
+        return tree
+    tree = jax.tree.map(lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)]), tree) if pad else tree
+    return jax.device_put(tree, sharding)
+
+
+def placement(k: int) -> tuple[int, NamedSharding | None]:
+    """How `spread` places K models: the copies it pads them with, and their sharding
+    over the local devices (None: one device, unsharded)."""
     devices = jax.local_devices()[:k]
     if len(devices) < 2:
-        return tree
-    pad = -k % len(devices)
-    tree = jax.tree.map(lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)]), tree) if pad else tree
-    return jax.device_put(tree, NamedSharding(Mesh(np.array(devices), ("models",)), PartitionSpec("models")))
+        return 0, None
+    return -k % len(devices), NamedSharding(Mesh(np.array(devices), ("models",)), PartitionSpec("models"))
 
 
 def gather(tree, k: int):

@@ -21,6 +21,7 @@ The data stream goes on, so a model does not meet the same batch again.
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from functools import partial
 from typing import TYPE_CHECKING, Callable, NamedTuple
@@ -32,6 +33,7 @@ import optax
 from jax import Array
 
 from . import kernel
+from .devices import placement
 from .metrics import sequence_loss
 from .inits import gd_init, init_params, precondition_init
 from .model import weights
@@ -298,6 +300,46 @@ def _run_steps(config: TrainConfig, state: TrainState, steps: int, reference: bo
         return s, jnp.where(ok, loss, jnp.nan)
 
     return jax.vmap(lambda s: jax.lax.scan(step, s, None, length=steps))(state)
+
+
+# One thread that compiles a group's step loop while the group before it trains: XLA
+# compiles on one core, and a step loop's host work leaves room beside it.
+_COMPILER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lticl-compile")
+_ahead: dict[tuple, Future] = {}
+
+
+def _first_chunk(configs: list[TrainConfig]) -> tuple:
+    """What the first compiled call of a group trained from step 0 depends on."""
+    c = configs[0]
+    return c.program, min(c.chunk, c.steps), sum(x.seeds for x in configs)
+
+
+def compile_ahead(configs: list[TrainConfig]) -> Future:
+    """Start compiling, on the compile thread, the first chunk of the step loop that
+    `train.train_group(configs)` runs from step 0 (the models spread as `devices.spread`
+    places them), once per process: that call then finds it compiled."""
+    name = _first_chunk(configs)
+    if name not in _ahead:
+        _ahead[name] = _COMPILER.submit(_compile_first_chunk, configs)
+    return _ahead[name]
+
+
+def compiled_ahead(configs: list[TrainConfig]) -> None:
+    """Wait for the first chunk of the group's step loop where it is being compiled
+    ahead (`compile_ahead`), so that it is not compiled twice."""
+    ahead = _ahead.get(_first_chunk(configs))
+    if ahead is not None and ahead.exception() is not None:
+        pass  # the call compiles it itself, and reports what is wrong
+
+
+def _compile_first_chunk(configs: list[TrainConfig]) -> None:
+    # the stratum's bank has its shape whether it is drawn or not: nothing is drawn here
+    shapes = [jax.eval_shape(lambda c=c: init_state(replace(c, stratum_fraction=0.0))) for c in configs]
+    program, steps, k = _first_chunk(configs)
+    pad, sharding = placement(k)
+    state = jax.tree.map(lambda *a: jax.ShapeDtypeStruct((k + pad, *a[0].shape[1:]), a[0].dtype, sharding=sharding),
+                         *shapes)
+    _run_steps.lower(program, state, steps, False).compile()
 
 
 def final_params(state: TrainState) -> Params:

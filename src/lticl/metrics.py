@@ -24,7 +24,7 @@ from . import baselines
 from .model import implicit_state
 from .params import Params
 from .noise import Fixed, NoiseLike
-from .tasks import Tasks, data_key, stack_chunks, task_chunks
+from .tasks import Tasks, data_key, kept_chunks, stack_chunks, task_chunks
 
 # (x (B,n,d), y (B,n)) -> ŵ (B,d); a model is functools.partial(lticl.weights, params).
 Method = Callable[[Array, Array], Array]
@@ -83,11 +83,13 @@ def _chunk_losses(tasks: Tasks, fns: tuple, tuned: tuple) -> dict[str, Array]:
 
 
 def per_sequence(fn: Callable[[Tasks], object], key: Array, noise, sequences: int, n: int, d: int,
-                 dtype=jnp.float32):
+                 dtype=jnp.float32, keep: bool = False):
     """`fn(tasks)` (a pytree of arrays whose last axis is the sequence) over
     `sequences` fresh sequences in chunks, concatenated on the host. Every chunk is
-    whole, so `fn` compiles once; what lies past `sequences` is cut off."""
-    chunks = [fn(t) for t in task_chunks(key, noise, sequences, n, d, dtype, whole=True)]
+    whole, so `fn` compiles once; what lies past `sequences` is cut off. `keep`: the
+    drawn chunks are kept for the next call on them (`tasks.kept_chunks`)."""
+    drawn = kept_chunks if keep else partial(task_chunks, whole=True)
+    chunks = [fn(t) for t in drawn(key, noise, sequences, n, d, dtype)]
     return jax.tree.map(lambda *parts: np.concatenate(jax.device_get(parts), axis=-1)[..., :sequences], *chunks)
 
 

@@ -27,7 +27,7 @@ from .metrics import evaluate, evaluate_baselines, layer_adjusted_losses, tune_b
 from .params import Params, as_diag
 from .noise import Fixed, as_noise
 from .paper import PAPER_D, PAPER_N
-from .rundir import run_name, write_json
+from .rundir import write_json
 from .selection import heavy_tailed, in_background
 from .sweep import Sweep, curve_figures, result_row, write_results
 from .table1 import training_verdict
@@ -46,7 +46,6 @@ class Reproduction(Sweep):
         self.budget, self.seed, self.overrides = budget_name, seed, overrides
         self.baselines_ahead: tuple = ()  # settings whose baseline rows `prefetch` computes in the background
         self._ahead: Future | None = None
-        self._foreign: dict = {}  # `projected`'s and `siblings`' evaluations, by cell and the other's run
 
     def config(self, variant: str, layers: int, noise: str) -> TrainConfig:
         """A cell's first run."""
@@ -80,15 +79,11 @@ class Reproduction(Sweep):
         GD++ cell whose paper value lies below the bound is not continued, nor is a cell
         with no usable model to start from. Each seed of a continuation keeps its start
         where training on did not help (`train.train_group`'s origins)."""
-        fields = matching(self.plan.continuation, *key[:2], noise=key[2])
-        m = self.metrics[key]
+        fields = self._continuing(key)
         if not fields:
             return []
-        v = training_verdict(*key, m["validation"][m["seed"]], m["tail"][m["seed"]], self.configs[key].tail_sequences,
-                             self.seed)
-        if v == "bound" or (v == "within" and not (fields.get("polish") and self.tailed(key))):
-            return []
         variant, layers, noise = key
+        m = self.metrics[key]
         mean = lambda k: self.metrics[k]["validation"][self.metrics[k]["seed"]]["mean"]
         candidates = self.candidates(key)
         checks = ({k: (mean(k), self.tailed(k)) for k in [key] + candidates if k in self.metrics}
@@ -103,6 +98,24 @@ class Reproduction(Sweep):
         for start, run_fields in starts:  # each numbered after the ones before it
             runs.append(self.continued(key, start, sum(r.seeds for r in runs), **run_fields))
         return runs
+
+    def _continuing(self, key) -> dict:
+        """The budget's continuation fields where the cell is continued (see
+        `continuations`), else {}."""
+        fields = matching(self.plan.continuation, *key[:2], noise=key[2])
+        if not fields:
+            return {}
+        m = self.metrics[key]
+        v = training_verdict(*key, m["validation"][m["seed"]], m["tail"][m["seed"]], self.configs[key].tail_sequences,
+                             self.seed)
+        return {} if v == "bound" or (v == "within" and not (fields.get("polish") and self.tailed(key))) else fields
+
+    def foreseen(self, key) -> list[TrainConfig]:
+        """The cell's chosen run with its continuation fields, where it would be
+        continued: what its continuations draw (tail set, polish sample) whatever
+        their starts, which are not evaluated for it."""
+        fields = self._continuing(key)
+        return [replace(self.chosen_run(key), **fields)] if fields else []
 
     def candidates(self, key) -> list:
         """A cell's other starts: the same variant one layer shallower and, for FULL,
@@ -135,18 +148,13 @@ class Reproduction(Sweep):
 
     def _on_own_sets(self, key, peers: list, model: Callable[[Params], Params]) -> dict:
         """{peer: (validation mean, heavy tail)} of model(each usable peer's chosen
-        model), evaluated on the cell's own validation and tail sets (`train.checked`),
-        once per cell and peer's run."""
+        model), evaluated on the cell's own validation and tail sets (`train.checked`)."""
         found = {}
         for peer in peers:
-            if peer not in self.metrics or not self.metrics[peer]["usable"]:
-                continue
-            name = (key, run_name(self.chosen_run(peer)))
-            if name not in self._foreign:
+            if peer in self.metrics and self.metrics[peer]["usable"]:
                 c = self.configs[key]
                 (v,), (t,) = checked(c, jax.tree.map(lambda a: a[None], model(self.params(peer))))
-                self._foreign[name] = (v.mean, heavy_tailed(v, c.d) or heavy_tailed(t, c.d))
-            found[peer] = self._foreign[name]
+                found[peer] = (v.mean, heavy_tailed(v, c.d) or heavy_tailed(t, c.d))
         return found
 
     def train(self, keys: set) -> None:

@@ -232,6 +232,12 @@ def _finished(directory: Path, config: TrainConfig) -> dict:
     return read_json(directory / METRICS, METRIC_KEYS)
 
 
+def fresh(directory: Path) -> bool:
+    """Whether a run in `directory` would train from its first step: no finished run
+    there and no checkpoint (a guess, before `prepare` checks the directory)."""
+    return not any((directory / name).exists() for name in (MANIFEST, CHECKPOINT, PREVIOUS))
+
+
 def prepare(config: TrainConfig, directory: Path, resume: bool, force: bool = False):
     """Check `directory` against `config` before any work: (metrics, None) for a
     finished run to reuse, or (None, start) to train from, start None or a

@@ -18,10 +18,11 @@ import numpy as np
 
 from .config import TrainConfig
 from .curves import CURVE, curve, write_curve
+from .engine import compile_ahead
 from .io import read_json, save_npz
 from .metrics import Evaluation
-from .rundir import (CHECKPOINT, CONFIG, METRIC_KEYS, METRICS, MODEL, SEEDS, continuation_seeds, finish, prepare,
-                     previous_start, save_checkpoint, save_seeds, write_json)
+from .rundir import (CHECKPOINT, CONFIG, METRIC_KEYS, METRICS, MODEL, SEEDS, continuation_seeds, finish, fresh,
+                     prepare, previous_start, save_checkpoint, save_seeds, write_json)
 from .selection import select_best, tail_limit
 from .train import CHECKED, Origin, TrainResult, train_group
 
@@ -160,8 +161,13 @@ def run_groups(groups: list[list[tuple[TrainConfig, Path]]], resume: bool = True
         raise ValueError(f"unknown executor {executor!r}; expected one of {', '.join(EXECUTORS)}")
     report = progress or (lambda *a: None)
     if executor == "local":
-        return [run_group(g, resume, lambda step, _, i=i, total=g[0][0].steps: report(i, step, total), False)
-                for i, g in enumerate(groups)]
+        results = []
+        for i, g in enumerate(groups):
+            if i + 1 < len(groups) and all(fresh(Path(d)) for _, d in groups[i + 1]):
+                compile_ahead([c for c, _ in groups[i + 1]])  # while this group trains
+            results.append(run_group(g, resume, lambda step, _, i=i, total=g[0][0].steps: report(i, step, total),
+                                     False))
+        return results
     ray = require_ray()
     if not ray.is_initialized():
         with warnings.catch_warnings():  # Ray starts its own processes; JAX warns of any fork

@@ -111,7 +111,7 @@ _oracle = jax.jit(oracle_loss)
 @lru_cache(maxsize=64)
 def _oracle_losses(key_data: bytes, impl: str, noise, sequences: int, n: int, d: int) -> np.ndarray:
     key = jax.random.wrap_key_data(np.frombuffer(key_data, np.uint32), impl=impl)
-    return per_sequence(_oracle, key, noise, sequences, n, d)
+    return per_sequence(_oracle, key, noise, sequences, n, d, keep=True)
 
 
 def oracle_losses(key: Array, noise, sequences: int, n: int, d: int) -> np.ndarray:
@@ -123,9 +123,10 @@ def oracle_losses(key: Array, noise, sequences: int, n: int, d: int) -> np.ndarr
 
 def evaluate_models(params: Params, key: Array, noise, sequences: int, n: int) -> tuple[list[Evaluation], Evaluation]:
     """Adjusted loss of each of K models stacked on a leading axis, all on the same
-    fresh sequences, and the oracle's loss there; one compiled program per model shape."""
+    fresh sequences (drawn once per process, `tasks.kept_chunks`), and the oracle's
+    loss there; one compiled program per model shape."""
     oracle = oracle_losses(key, noise, sequences, n, params.d)
-    model = per_sequence(lambda t: model_losses(params, t), key, noise, sequences, n, params.d)
+    model = per_sequence(lambda t: model_losses(params, t), key, noise, sequences, n, params.d, keep=True)
     return [Evaluation.of(v - oracle) for v in model], Evaluation.of(oracle)
 
 

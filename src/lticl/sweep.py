@@ -112,7 +112,13 @@ class Sweep:
         that is needed is ready when its continuation ends. Only where the runs train
         in this process (executor "local")."""
         if self.executor == "local":
-            prefetch_draws([c for key in keys for c in self.continuations(key)])
+            prefetch_draws([c for key in keys for c in self.foreseen(key)])
+
+    def foreseen(self, key) -> list[TrainConfig]:
+        """Configs that draw what the key's continuations would draw if it decided now
+        (`prefetch`): here, its continuations themselves (a Reproduction says which
+        configs without choosing their starts, which takes evaluations)."""
+        return self.continuations(key)
 
     def candidates(self, key) -> list:
         """The other keys whose chosen models a key's continuations may start from

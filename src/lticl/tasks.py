@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import math
 import operator
+import threading
 import zlib
+from collections import OrderedDict
 from functools import lru_cache, partial
 from typing import Iterator, NamedTuple
 
@@ -195,6 +197,31 @@ def task_chunks(key: Array, noise: NoiseLike, sequences: int, n: int, d: int, dt
         chunk = sample_tasks(jax.random.fold_in(key, c), noise, CHUNK, n, d, dtype)
         size = min(CHUNK, sequences - start)
         yield chunk if size == CHUNK or whole else jax.tree.map(lambda a: a[:size], chunk)
+
+
+KEPT_BYTES = 3 << 29  # 1.5 GiB: room for the validation and evaluation sets of the paper's ten settings
+_kept: OrderedDict = OrderedDict()
+_kept_lock = threading.Lock()
+
+
+def kept_chunks(key: Array, noise: NoiseLike, sequences: int, n: int, d: int, dtype=jnp.float32) -> tuple[Tasks, ...]:
+    """`task_chunks(..., whole=True)`, kept in memory for the next call on the same
+    sequences, up to KEPT_BYTES over all calls (the least recently used dropped first):
+    every model of a noise setting meets the same validation and evaluation sequences,
+    which are then drawn once."""
+    name = (np.asarray(jax.random.key_data(key)).tobytes(), str(jax.random.key_impl(key)), as_noise(noise).spec,
+            sequences, n, d, jnp.dtype(dtype).name)
+    with _kept_lock:
+        if name in _kept:
+            _kept.move_to_end(name)
+            return _kept[name][0]
+    chunks = tuple(task_chunks(key, noise, sequences, n, d, dtype, whole=True))
+    size = sum(a.nbytes for a in jax.tree.leaves(chunks))
+    with _kept_lock:
+        _kept[name] = chunks, size
+        while sum(size for _, size in _kept.values()) > KEPT_BYTES:
+            _kept.popitem(last=False)
+    return chunks
 
 
 @jax.jit

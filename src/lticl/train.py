@@ -9,6 +9,8 @@ run is `devices`. This module strings them together.
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
 from typing import Callable, NamedTuple
 
 import jax
@@ -17,7 +19,7 @@ import numpy as np
 
 from .config import TrainConfig
 from .devices import gather, spread
-from .engine import TrainState, concat, final_params, init_state, run_steps
+from .engine import TrainState, compiled_ahead, concat, final_params, init_state, run_steps
 from .metrics import Evaluation
 from .params import Params
 from .polish import polished, prefetch_polish_sample
@@ -83,11 +85,31 @@ def _check_alive(configs: list[TrainConfig], bounds: np.ndarray, recoveries: np.
 CHECKED = ("d", "n", "seed", "noise", "validation_sequences", "tail_sequences", "screen_sequences")
 
 
+_CHECKS: OrderedDict = OrderedDict()  # `checked`'s latest answers, by what they depend on
+_CHECKS_KEPT = 256
+
+
 def checked(c: TrainConfig, all_params: Params) -> tuple[list[Evaluation], list[Evaluation]]:
-    """K stacked models' evaluations on the validation and tail sets of config c."""
-    validation, _ = evaluate_models(all_params, data_key(c.seed, c.noise, "validation"), c.noise,
-                                    c.validation_sequences, c.n)
-    return validation, tail_evaluations(all_params, c.seed, c.noise, c.tail_sequences, c.n, c.screen_sequences)
+    """K stacked models' evaluations on the validation and tail sets of config c. The
+    latest answers are kept by the CHECKED fields and the models' bytes: a model
+    evaluated for a decision (a continuation's start, `Reproduction.continuations`) is
+    not evaluated again when the run it starts is kept or not (`_kept`)."""
+    leaves, tree = jax.tree.flatten(all_params)
+    digest = hashlib.sha256(str(tree).encode())
+    for a in leaves:
+        a = np.asarray(a)
+        digest.update(f"{a.dtype}{a.shape}".encode())
+        digest.update(a.tobytes())
+    key = (tuple(getattr(c, f) for f in CHECKED), digest.hexdigest())
+    if key not in _CHECKS:
+        validation, _ = evaluate_models(all_params, data_key(c.seed, c.noise, "validation"), c.noise,
+                                        c.validation_sequences, c.n)
+        _CHECKS[key] = validation, tail_evaluations(all_params, c.seed, c.noise, c.tail_sequences, c.n,
+                                                    c.screen_sequences)
+        while len(_CHECKS) > _CHECKS_KEPT:
+            _CHECKS.popitem(last=False)
+    _CHECKS.move_to_end(key)
+    return _CHECKS[key]
 
 
 def _kept(c: TrainConfig, adam: Params, start: Origin | None
@@ -180,6 +202,8 @@ def train_group(
     config = configs[0]
     begun, done = _begin(configs, starts or [None] * len(configs))
     prefetch_draws(configs)  # drawn while the models train
+    if done == 0:
+        compiled_ahead(configs)
     bounds = np.cumsum([0] + [c.seeds for c in configs])
     parts = lambda tree, i: jax.tree.map(lambda a: a[bounds[i]:bounds[i + 1]], tree)
     models = int(bounds[-1])
