@@ -328,8 +328,8 @@ def compiled_ahead(configs: list[TrainConfig]) -> None:
     """Wait for the first chunk of the group's step loop where it is being compiled
     ahead (`compile_ahead`), so that it is not compiled twice."""
     ahead = _ahead.get(_first_chunk(configs))
-    if ahead is not None and ahead.exception() is not None:
-        pass  # the call compiles it itself, and reports what is wrong
+    if ahead is not None:
+        ahead.exception()  # waits; where it failed, the call compiles it itself and reports what is wrong
 
 
 def _compile_first_chunk(configs: list[TrainConfig]) -> None:
